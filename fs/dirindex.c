@@ -1,0 +1,249 @@
+/*
+ * dirindex.c - the index of one merged directory: name -> providing layer.
+ *
+ * Built once per merged directory from one readdir of each contributing
+ * layer, top-most first, so that every later lookup in the directory -
+ * positive or negative - is one hash probe, whatever the depth of the
+ * stack.  The merge rules applied here are README.md's "Union rules":
+ *   - the first layer (top-most) to show a name provides it;
+ *   - a whiteout hides the name in every layer below it;
+ *   - a directory merges with same-named directories below it until a
+ *     non-directory or whiteout of that name (merge_closed), and its own
+ *     index later stops at the first opaque layer.
+ * Whiteouts stay in the hash (they answer negative lookups) but not in the
+ * visible list that readdir walks.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "layerfs_i.h"
+
+_Thread_local bool lfs_hash_oom;
+
+struct lfs_entry *lfs_dirindex_find(const struct lfs_dirindex *index,
+				    const char *name)
+{
+	struct lfs_entry *e = NULL;
+
+	HASH_FIND_STR(index->by_name, name, e);
+	return e;
+}
+
+static int layer_list_append(struct lfs_layer_list *list, uint32_t layer)
+{
+	/* Grow at powers of two: most lists hold one or two layers. */
+	if ((list->n & (list->n - 1)) == 0) {
+		uint32_t cap = list->n ? list->n * 2 : 1;
+		uint32_t *grown = realloc(list->layers, cap * sizeof(*grown));
+		if (!grown)
+			return -ENOMEM;
+		list->layers = grown;
+	}
+	list->layers[list->n++] = layer;
+	return 0;
+}
+
+static int entry_add(struct lfs_dirindex *index,
+		     const struct lfs_classified *c, struct lfs_entry **ret)
+{
+	size_t len = strlen(c->name);
+	struct lfs_entry *e = calloc(1, sizeof(*e) + len + 1);
+
+	if (!e)
+		return -ENOMEM;
+	memcpy(e->name, c->name, len + 1);
+	lfs_hash_oom = false;
+	HASH_ADD_KEYPTR(hh, index->by_name, e->name, len, e);
+	if (lfs_hash_oom) {
+		free(e);
+		return -ENOMEM;
+	}
+	index->n_entries++;
+	*ret = e;
+	return 0;
+}
+
+/* Make e describe what layer shows; e was just added or was a whiteout of
+ * the same layer that a real entry now overrides. */
+static int entry_set_object(struct lfs_entry *e,
+			    const struct lfs_classified *c, uint32_t layer,
+			    uint64_t real_ino)
+{
+	e->is_whiteout = false;
+	e->layer = layer;
+	e->type = c->type;
+	e->real_ino = real_ino;
+	if (c->type == DT_DIR)
+		return layer_list_append(&e->dir_layers, layer);
+	return 0;
+}
+
+/* Apply one entry of `layer` to the index (layers arrive top-most first). */
+static int index_apply(struct lfs_dirindex *index,
+		       const struct lfs_classified *c, uint32_t layer,
+		       uint64_t real_ino)
+{
+	struct lfs_entry *e = lfs_dirindex_find(index, c->name);
+	bool is_whiteout = c->kind == LFS_ENTRY_WHITEOUT;
+	int r;
+
+	if (!e) {
+		r = entry_add(index, c, &e);
+		if (r < 0)
+			return r;
+		if (is_whiteout) {
+			e->is_whiteout = true;
+			e->layer = layer;
+			return 0;
+		}
+		return entry_set_object(e, c, layer, real_ino);
+	}
+	if (e->layer == layer) {
+		/* Both "x" and ".wh.x" in one layer: the whiteout applies to
+		 * the layers below, the real entry is what this layer shows. */
+		if (is_whiteout) {
+			e->merge_closed = true;
+			return 0;
+		}
+		r = entry_set_object(e, c, layer, real_ino);
+		e->merge_closed = true;
+		return r;
+	}
+	/* A lower layer: it only matters to a directory still merging. */
+	if (e->is_whiteout || e->type != DT_DIR || e->merge_closed)
+		return 0;
+	if (is_whiteout || c->type != DT_DIR) {
+		e->merge_closed = true;
+		return 0;
+	}
+	return layer_list_append(&e->dir_layers, layer);
+}
+
+/* Read one layer's copy of the directory into the index. */
+static int index_read_layer(struct lfs_dirindex *index,
+			    const struct lfs_layer *L, uint32_t layer,
+			    const char *relpath, bool is_root,
+			    bool *ret_opaque)
+{
+	int fd = openat(L->root_fd, relpath,
+			O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct lfs_dir_marks marks;
+	bool opaque;
+	int r;
+
+	if (fd < 0) {
+		/* The parent saw a directory here; a layer changed under us. */
+		return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
+	}
+	r = lfs_whiteout_read_dir_marks(fd, &marks);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	opaque = marks.opaque;
+
+	DIR *dir = fdopendir(fd);
+	if (!dir) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	struct dirent *de;
+	errno = 0;
+	while ((de = readdir(dir)) != NULL) {
+		const char *name = de->d_name;
+		struct lfs_classified c;
+
+		if (name[0] == '.' && (name[1] == '\0' ||
+				       (name[1] == '.' && name[2] == '\0')))
+			continue;
+		r = lfs_whiteout_classify(dirfd(dir), &marks, name,
+					  de->d_type, &c);
+		if (r == -ENOENT)
+			continue;
+		if (r < 0)
+			goto out;
+		if (c.kind == LFS_ENTRY_OPAQUE_MARK) {
+			opaque = true;
+			continue;
+		}
+		if (c.kind == LFS_ENTRY_IGNORED)
+			continue;
+		r = index_apply(index, &c, layer, de->d_ino);
+		if (r < 0)
+			goto out;
+		errno = 0;
+	}
+	r = errno ? -errno : 0;
+out:
+	closedir(dir);
+	if (r == 0)
+		*ret_opaque = opaque && !is_root;
+	return r;
+}
+
+static int index_make_visible_list(struct lfs_dirindex *index)
+{
+	struct lfs_entry *e, *tmp;
+	size_t n = 0;
+
+	index->visible = malloc((index->n_entries ? index->n_entries : 1) *
+				sizeof(*index->visible));
+	if (!index->visible)
+		return -ENOMEM;
+	HASH_ITER(hh, index->by_name, e, tmp)
+		if (!e->is_whiteout)
+			index->visible[n++] = e;
+	index->n_visible = n;
+	return 0;
+}
+
+int lfs_dirindex_build(const struct lfs_stack *stack, const char *relpath,
+		       const struct lfs_layer_list *candidates, bool is_root,
+		       struct lfs_dirindex **ret)
+{
+	struct lfs_dirindex *index = calloc(1, sizeof(*index));
+	int r = 0;
+
+	if (!index)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < candidates->n; i++) {
+		uint32_t layer = candidates->layers[i];
+		bool opaque = false;
+
+		r = index_read_layer(index, &stack->layers[layer], layer,
+				     relpath, is_root, &opaque);
+		if (r < 0)
+			goto fail;
+		index->n_layers_read = i + 1;
+		if (opaque)
+			break;
+	}
+	r = index_make_visible_list(index);
+	if (r < 0)
+		goto fail;
+	*ret = index;
+	return 0;
+fail:
+	lfs_dirindex_free(index);
+	return r;
+}
+
+void lfs_dirindex_free(struct lfs_dirindex *index)
+{
+	struct lfs_entry *e, *tmp;
+
+	if (!index)
+		return;
+	HASH_ITER(hh, index->by_name, e, tmp) {
+		HASH_DEL(index->by_name, e);
+		free(e->dir_layers.layers);
+		free(e);
+	}
+	free(index->visible);
+	free(index);
+}

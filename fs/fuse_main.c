@@ -1,0 +1,362 @@
+/*
+ * fuse_main.c - the layerfs mount program.
+ *
+ * Order of events, so that a failure never leaves a mount behind and a
+ * success is reported only once the mount is live:
+ *   1. parse and check options, open and check every layer (errors go to
+ *      the caller's stderr, exit 1, nothing mounted);
+ *   2. unless -f: fork; the parent waits on a pipe for the child's verdict
+ *      and exits 0 only when the child says the mount is up;
+ *   3. the child mounts, detaches from the caller's stdio, reports, and
+ *      serves requests on several threads until unmounted.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fuse_i.h"
+
+#define PROG "layerfs"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: " PROG " [-f] [-d] [--version] -o lowerdir=TOP:...:BOTTOM"
+		"[,upperdir=U,workdir=W][,timeout=S][,OPTS] MOUNTPOINT\n"
+		"  lowerdir   layers, top-most first; \\: escapes a colon\n"
+		"  upperdir   writable layer (with workdir on the same filesystem)\n"
+		"  timeout    seconds the kernel may cache names and attributes\n"
+		"  -f         stay in the foreground;  -d  log every request\n");
+}
+
+/* 1,000 layers need 1,000 open layer roots and then some. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+/* Undo the octal escapes of /proc/self/mountinfo ("\040" is a space). */
+static void mountinfo_unescape(char *s)
+{
+	char *o = s;
+
+	for (char *i = s; *i; i++, o++) {
+		if (i[0] == '\\' && i[1] >= '0' && i[1] <= '3' && i[2] && i[3]) {
+			*o = (char)((i[1] - '0') * 64 + (i[2] - '0') * 8 +
+				    (i[3] - '0'));
+			i += 3;
+		} else {
+			*o = *i;
+		}
+	}
+	*o = '\0';
+}
+
+static bool is_mount_point(const char *path)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	bool found = false;
+
+	if (!f)
+		return false;
+	while (!found && getline(&line, &cap, f) > 0) {
+		/* id parent major:minor root MOUNTPOINT ... */
+		char *save = NULL, *field = strtok_r(line, " ", &save);
+		for (int i = 0; field && i < 4; i++)
+			field = strtok_r(NULL, " ", &save);
+		if (field) {
+			mountinfo_unescape(field);
+			found = strcmp(field, path) == 0;
+		}
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+static int check_mountpoint(const char *mnt, char err[LFS_ERRLEN])
+{
+	char real[PATH_MAX];
+	struct stat st;
+
+	if (stat(mnt, &st) < 0) {
+		snprintf(err, LFS_ERRLEN, "mount point %s: %s", mnt,
+			 strerror(errno));
+		return -errno;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		snprintf(err, LFS_ERRLEN, "mount point %s: not a directory", mnt);
+		return -ENOTDIR;
+	}
+	if (realpath(mnt, real) && is_mount_point(real)) {
+		snprintf(err, LFS_ERRLEN,
+			 "mount point %s: busy (something is mounted there)",
+			 mnt);
+		return -EBUSY;
+	}
+	return 0;
+}
+
+static int check_dir(const char *what, const char *path, char err[LFS_ERRLEN])
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0) {
+		snprintf(err, LFS_ERRLEN, "%s %s: %s", what, path,
+			 strerror(errno));
+		return -errno;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		snprintf(err, LFS_ERRLEN, "%s %s: not a directory", what, path);
+		return -ENOTDIR;
+	}
+	return 0;
+}
+
+/*
+ * The layers, top-most first.  Until the writable upper layer is built, an
+ * upperdir is shown read-only on top of the lower layers, so a container's
+ * earlier changes stay visible.
+ */
+static int open_stack(const struct lfs_options *o, struct lfs_stack **ret,
+		      char err[LFS_ERRLEN])
+{
+	size_t n = o->n_lowerdirs + (o->upperdir ? 1 : 0), i = 0;
+	char **paths = calloc(n, sizeof(*paths));
+	int r;
+
+	if (!paths) {
+		snprintf(err, LFS_ERRLEN, "out of memory");
+		return -ENOMEM;
+	}
+	if (o->upperdir)
+		paths[i++] = o->upperdir;
+	for (size_t j = 0; j < o->n_lowerdirs; j++)
+		paths[i++] = o->lowerdirs[j];
+	r = lfs_stack_open(ret, paths, n, err);
+	free(paths);
+	return r;
+}
+
+/* The mount options handed to libfuse, as one "-o" string. */
+static char *fuse_mount_options(const struct lfs_options *o, bool read_only)
+{
+	size_t len = 256;
+	char *s;
+
+	for (size_t i = 0; i < o->n_fuse_opts; i++)
+		len += strlen(o->fuse_opts[i]) + 1;
+	s = malloc(len);
+	if (!s)
+		return NULL;
+	/* Image content holds setuid binaries and device nodes; honour them
+	 * when root mounts, as the kernel's overlay does. */
+	snprintf(s, len, "fsname=layerfs,subtype=layerfs,default_permissions%s%s",
+		 getuid() == 0 ? ",allow_other,suid,dev" : "",
+		 read_only ? ",ro" : "");
+	for (size_t i = 0; i < o->n_fuse_opts; i++) {
+		strcat(s, ",");
+		strcat(s, o->fuse_opts[i]);
+	}
+	return s;
+}
+
+/* Tell the waiting parent how it went: "" for success, else a message. */
+static void report(int fd, const char *msg)
+{
+	if (fd < 0)
+		return;
+	if (write(fd, msg, strlen(msg) + 1) < 0) {
+		/* The parent is gone; nobody is left to tell. */
+	}
+	close(fd);
+}
+
+static void detach_stdio(void)
+{
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	if (null < 0)
+		return;
+	dup2(null, STDIN_FILENO);
+	dup2(null, STDOUT_FILENO);
+	dup2(null, STDERR_FILENO);
+	if (null > STDERR_FILENO)
+		close(null);
+}
+
+static int serve(const struct lfs_options *o, struct lfs_fuse *ctx,
+		 int report_fd)
+{
+	char *mopts = fuse_mount_options(o, ctx->read_only);
+	char *argv[4] = { PROG, "-o", mopts, NULL };
+	struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+	struct fuse_session *se = NULL;
+	struct fuse_loop_config *loop = NULL;
+	char msg[LFS_ERRLEN];
+	int r = 1;
+
+	if (!mopts) {
+		report(report_fd, "out of memory");
+		return 1;
+	}
+	if (o->debug)
+		fuse_opt_add_arg(&args, "-d");
+	se = fuse_session_new(&args, &lfs_fuse_ops, sizeof(lfs_fuse_ops), ctx);
+	if (!se) {
+		report(report_fd, "cannot start the FUSE session");
+		goto out;
+	}
+	if (fuse_set_signal_handlers(se) != 0) {
+		report(report_fd, "cannot install signal handlers");
+		goto out;
+	}
+	if (fuse_session_mount(se, o->mountpoint) != 0) {
+		snprintf(msg, sizeof(msg), "mount point %s: mount failed",
+			 o->mountpoint);
+		report(report_fd, msg);
+		goto out_signals;
+	}
+	if (report_fd >= 0) {
+		if (chdir("/") < 0) {
+			/* Only keeps the caller's cwd busy; harmless. */
+		}
+		detach_stdio();
+		report(report_fd, "");
+	}
+	loop = fuse_loop_cfg_create();
+	if (!loop) {
+		r = 1;
+	} else {
+		fuse_loop_cfg_set_max_threads(loop, 64);
+		fuse_loop_cfg_set_idle_threads(loop, 8);
+		r = fuse_session_loop_mt(se, loop) != 0;
+		fuse_loop_cfg_destroy(loop);
+	}
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out:
+	if (se)
+		fuse_session_destroy(se);
+	fuse_opt_free_args(&args);
+	free(mopts);
+	return r;
+}
+
+/* Fork; return in the child with the write end of the verdict pipe, or
+ * exit in the parent with the child's verdict. */
+static int daemonize(void)
+{
+	int pipefd[2];
+	pid_t pid;
+
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		perror(PROG ": pipe");
+		exit(1);
+	}
+	pid = fork();
+	if (pid < 0) {
+		perror(PROG ": fork");
+		exit(1);
+	}
+	if (pid == 0) {
+		close(pipefd[0]);
+		setsid();
+		return pipefd[1];
+	}
+	close(pipefd[1]);
+	char msg[LFS_ERRLEN + 1];
+	size_t got = 0;
+	ssize_t n;
+	while (got < sizeof(msg) - 1 &&
+	       (n = read(pipefd[0], msg + got, sizeof(msg) - 1 - got)) > 0)
+		got += (size_t)n;
+	msg[got] = '\0';
+	if (got > 0 && msg[0] == '\0')
+		exit(0);
+	fprintf(stderr, PROG ": %s\n",
+		got ? msg : "the mount daemon died before mounting");
+	exit(1);
+}
+
+static void warn_unknown(const struct lfs_options *o)
+{
+	if (o->n_unknown_opts == 0)
+		return;
+	fprintf(stderr, PROG ": warning: ignoring unknown options:");
+	for (size_t i = 0; i < o->n_unknown_opts; i++)
+		fprintf(stderr, "%s %s", i ? "," : "", o->unknown_opts[i]);
+	fputc('\n', stderr);
+}
+
+int main(int argc, char *argv[])
+{
+	struct lfs_options opts;
+	struct lfs_stack *stack = NULL;
+	struct lfs_fuse ctx = { 0 };
+	char err[LFS_ERRLEN] = "";
+	int r;
+
+	if (lfs_options_parse(argc, argv, &opts, err) < 0) {
+		fprintf(stderr, PROG ": %s\n", err);
+		usage(stderr);
+		return 1;
+	}
+	if (opts.show_version || opts.show_help) {
+		if (opts.show_help)
+			usage(stdout);
+		else
+			printf(PROG " version %s\nFUSE library version %s\n",
+			       LAYERFS_VERSION, fuse_pkgversion());
+		lfs_options_free(&opts);
+		return 0;
+	}
+	warn_unknown(&opts);
+	raise_fd_limit();
+
+	r = check_mountpoint(opts.mountpoint, err);
+	if (r == 0 && opts.upperdir)
+		r = check_dir("upperdir", opts.upperdir, err);
+	if (r == 0 && opts.workdir)
+		r = check_dir("workdir", opts.workdir, err);
+	if (r == 0)
+		r = open_stack(&opts, &stack, err);
+	if (r == 0) {
+		struct lfs_fs_config config = { .read_only = true };
+		r = lfs_fs_new(&ctx.fs, stack, &config);
+		if (r < 0) {
+			snprintf(err, sizeof(err), "%s", strerror(-r));
+			lfs_stack_free(stack);
+		}
+	}
+	if (r < 0) {
+		fprintf(stderr, PROG ": %s\n", err);
+		lfs_options_free(&opts);
+		return 1;
+	}
+	if (opts.upperdir)
+		fprintf(stderr, PROG ": warning: upperdir %s is shown read-only;"
+			" writes are not supported yet\n", opts.upperdir);
+	ctx.timeout = opts.timeout;
+	ctx.read_only = true;
+
+	int report_fd = opts.foreground ? -1 : daemonize();
+	r = serve(&opts, &ctx, report_fd);
+	lfs_fs_free(ctx.fs);
+	lfs_options_free(&opts);
+	return r;
+}

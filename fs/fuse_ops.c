@@ -1,0 +1,478 @@
+/*
+ * fuse_ops.c - the thin adapter between FUSE requests and the union core.
+ *
+ * Each handler decodes its request, calls one core function that returns
+ * 0 or -errno, and replies exactly once.  A fuse_ino_t is the address of a
+ * struct lfs_node (FUSE_ROOT_ID stands for the root); the kernel's lookup
+ * count is one node reference, given back by forget.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fuse_i.h"
+
+static struct lfs_fuse *ctx(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static struct lfs_node *node_of(fuse_req_t req, fuse_ino_t ino)
+{
+	if (ino == FUSE_ROOT_ID)
+		return lfs_fs_root(ctx(req)->fs);
+	return (struct lfs_node *)(uintptr_t)ino;
+}
+
+static fuse_ino_t ino_of(struct lfs_fuse *f, struct lfs_node *node)
+{
+	return node == lfs_fs_root(f->fs) ? FUSE_ROOT_ID
+					  : (fuse_ino_t)(uintptr_t)node;
+}
+
+static void reply_err(fuse_req_t req, int r)
+{
+	fuse_reply_err(req, -r);
+}
+
+static void fill_entry(struct lfs_fuse *f, struct fuse_entry_param *e,
+		       struct lfs_node *node, const struct stat *st)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = ino_of(f, node);
+	e->attr = *st;
+	e->attr_timeout = f->timeout;
+	e->entry_timeout = f->timeout;
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* Read replies splice the layer file's pages straight to the kernel. */
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	if (conn->capable & FUSE_CAP_READDIRPLUS)
+		conn->want |= FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO;
+	/* Layers never change behind our back: no invalidation on mtime. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct lfs_fuse *f = ctx(req);
+	struct fuse_entry_param e;
+	struct lfs_node *node;
+	struct stat st;
+	int r = lfs_lookup(f->fs, node_of(req, parent), name, &node, &st);
+
+	if (r == -ENOENT) {
+		/* Ino 0 with a timeout: the kernel caches the negative. */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = f->timeout;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
+	fill_entry(f, &e, node, &st);
+	if (fuse_reply_entry(req, &e) != 0)
+		lfs_node_unref(f->fs, node, 1);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	lfs_node_unref(ctx(req)->fs, node_of(req, ino), nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count,
+			    struct fuse_forget_data *forgets)
+{
+	for (size_t i = 0; i < count; i++)
+		lfs_node_unref(ctx(req)->fs, node_of(req, forgets[i].ino),
+			       forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct stat st;
+	int r = lfs_getattr(ctx(req)->fs, node_of(req, ino), &st);
+
+	(void)fi;
+	if (r < 0)
+		reply_err(req, r);
+	else
+		fuse_reply_attr(req, &st, ctx(req)->timeout);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	char buf[PATH_MAX + 1];
+	int r = lfs_readlink(ctx(req)->fs, node_of(req, ino), buf,
+			     sizeof(buf) - 1);
+
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
+	buf[r] = '\0';
+	fuse_reply_readlink(req, buf);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct lfs_dir *dir;
+	int r = lfs_opendir(ctx(req)->fs, node_of(req, ino), &dir);
+
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)dir;
+	/* A read-only merge never changes: the kernel may keep listings. */
+	fi->cache_readdir = ctx(req)->read_only;
+	fi->keep_cache = ctx(req)->read_only;
+	if (fuse_reply_open(req, fi) != 0)
+		lfs_closedir(ctx(req)->fs, dir);
+}
+
+/* Add one entry to buf; returns its size, or 0 when it does not fit (the
+ * caller stops there and the kernel asks again from that offset). */
+static size_t add_plain(fuse_req_t req, char *buf, size_t room,
+			const struct lfs_dirent *d)
+{
+	struct stat st = { .st_ino = d->ino, .st_mode = DTTOIF(d->type) };
+	size_t need = fuse_add_direntry(req, NULL, 0, d->name, NULL, 0);
+
+	if (need > room)
+		return 0;
+	return fuse_add_direntry(req, buf, room, d->name, &st, d->next_off);
+}
+
+static size_t add_plus(fuse_req_t req, char *buf, size_t room,
+		       struct lfs_dir *dir, const struct lfs_dirent *d,
+		       int *ret_err)
+{
+	struct lfs_fuse *f = ctx(req);
+	struct fuse_entry_param e = { 0 };
+	struct lfs_node *node = NULL;
+	size_t need = fuse_add_direntry_plus(req, NULL, 0, d->name, NULL, 0);
+	bool dot = strcmp(d->name, ".") == 0 || strcmp(d->name, "..") == 0;
+
+	if (need > room)
+		return 0;
+	if (dot) {
+		/* No lookup count for "." and "..": ino 0 tells the kernel
+		 * not to make an entry of it. */
+		e.attr.st_ino = d->ino;
+		e.attr.st_mode = DTTOIF(d->type);
+	} else {
+		struct stat st;
+		int r = lfs_lookup(f->fs, lfs_dir_node(dir), d->name, &node,
+				   &st);
+		if (r < 0) {
+			*ret_err = r;
+			return 0;
+		}
+		fill_entry(f, &e, node, &st);
+	}
+	return fuse_add_direntry_plus(req, buf, room, d->name, &e, d->next_off);
+}
+
+static void readdir_common(fuse_req_t req, size_t size, off_t off,
+			   struct fuse_file_info *fi, bool plus)
+{
+	struct lfs_dir *dir = (struct lfs_dir *)(uintptr_t)fi->fh;
+	char *buf = malloc(size);
+	size_t pos = 0;
+	int r = 0;
+
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	for (;;) {
+		struct lfs_dirent d;
+		size_t added;
+
+		r = lfs_readdir_at(dir, off, &d);
+		if (r <= 0)
+			break;
+		added = plus ? add_plus(req, buf + pos, size - pos, dir, &d, &r)
+			     : add_plain(req, buf + pos, size - pos, &d);
+		if (added == 0)
+			break;
+		pos += added;
+		off = d.next_off;
+	}
+	/* An error after some entries is reported by the next call. */
+	if (r < 0 && pos == 0)
+		reply_err(req, r);
+	else
+		fuse_reply_buf(req, buf, pos);
+	free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	(void)ino;
+	readdir_common(req, size, off, fi, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+			   off_t off, struct fuse_file_info *fi)
+{
+	(void)ino;
+	readdir_common(req, size, off, fi, true);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
+			  struct fuse_file_info *fi)
+{
+	(void)ino;
+	lfs_closedir(ctx(req)->fs, (struct lfs_dir *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	int fd = lfs_open(ctx(req)->fs, node_of(req, ino), fi->flags);
+
+	if (fd < 0) {
+		reply_err(req, fd);
+		return;
+	}
+	fi->fh = (uint64_t)fd;
+	/* Lower layers are immutable, so cached pages stay valid. */
+	fi->keep_cache = ctx(req)->read_only;
+	fi->noflush = 1;
+	if (fuse_reply_open(req, fi) != 0)
+		close(fd);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+
+	(void)ino;
+	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	buf.buf[0].fd = (int)fi->fh;
+	buf.buf[0].pos = off;
+	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	(void)ino;
+	close((int)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+		     struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)datasync;
+	(void)fi;
+	/* Nothing of ours is dirty: layer data is never written. */
+	fuse_reply_err(req, 0);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
+			struct fuse_file_info *fi)
+{
+	op_fsync(req, ino, datasync, fi);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs st;
+	int r = lfs_statfs(ctx(req)->fs, &st);
+
+	(void)ino;
+	if (r < 0)
+		reply_err(req, r);
+	else
+		fuse_reply_statfs(req, &st);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+	ssize_t len;
+
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	len = lfs_getxattr(ctx(req)->fs, node_of(req, ino), name, buf, size);
+	if (len < 0)
+		reply_err(req, (int)len);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)len);
+	else
+		fuse_reply_buf(req, buf, (size_t)len);
+	free(buf);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+	ssize_t len;
+
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	len = lfs_listxattr(ctx(req)->fs, node_of(req, ino), buf, size);
+	if (len < 0)
+		reply_err(req, (int)len);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)len);
+	else
+		fuse_reply_buf(req, buf, (size_t)len);
+	free(buf);
+}
+
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	fuse_reply_err(req, -lfs_access(ctx(req)->fs, node_of(req, ino), mask));
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	off_t res = lseek((int)fi->fh, off, whence);
+
+	(void)ino;
+	if (res < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_lseek(req, res);
+}
+
+/* Every change, until the writable upper layer exists. */
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	(void)ino, (void)attr, (void)to_set, (void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode, dev_t rdev)
+{
+	(void)parent, (void)name, (void)mode, (void)rdev;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode)
+{
+	(void)parent, (void)name, (void)mode;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	(void)parent, (void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+		       const char *name)
+{
+	(void)link, (void)parent, (void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      fuse_ino_t newparent, const char *newname,
+		      unsigned int flags)
+{
+	(void)parent, (void)name, (void)newparent, (void)newname, (void)flags;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		    const char *newname)
+{
+	(void)ino, (void)newparent, (void)newname;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode, struct fuse_file_info *fi)
+{
+	(void)parent, (void)name, (void)mode, (void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			const char *value, size_t size, int flags)
+{
+	(void)ino, (void)name, (void)value, (void)size, (void)flags;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	(void)ino, (void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+const struct fuse_lowlevel_ops lfs_fuse_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.readlink = op_readlink,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.releasedir = op_releasedir,
+	.fsyncdir = op_fsyncdir,
+	.open = op_open,
+	.read = op_read,
+	.release = op_release,
+	.flush = op_flush,
+	.fsync = op_fsync,
+	.statfs = op_statfs,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.access = op_access,
+	.lseek = op_lseek,
+	.setattr = op_setattr,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_unlink,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.create = op_create,
+	.setxattr = op_setxattr,
+	.removexattr = op_removexattr,
+};

@@ -1,0 +1,80 @@
+/*
+ * lookup.c - finding a name in a merged directory, and its attributes.
+ *
+ * A lookup is one hash probe in the parent's index (built on first use),
+ * then one fstatat() in the single layer that provides the name: the cost
+ * does not grow with the number of layers.  Negative answers (absent,
+ * whited out, reserved ".wh." names) cost no syscall at all.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+
+#include "layerfs_i.h"
+
+/* Attributes of the object that node's top-most layer provides. */
+static int node_stat(struct lfs_fs *fs, struct lfs_node *node,
+		     struct stat *ret_st)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	int r = lfs_node_path(node, path, sizeof(path));
+
+	if (r < 0)
+		return r;
+	if (fstatat(fs->stack->layers[node->layer].root_fd, path, &st,
+		    AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	st.st_ino = node->ino;
+	/* A directory merged from several layers has no meaningful link
+	 * count; like kernel overlayfs, report 1 ("unknown" to find(1)). */
+	if (S_ISDIR(st.st_mode) && node->dir_layers && node->dir_layers->n > 1)
+		st.st_nlink = 1;
+	*ret_st = st;
+	return 0;
+}
+
+int lfs_getattr(struct lfs_fs *fs, struct lfs_node *node, struct stat *ret_st)
+{
+	return node_stat(fs, node, ret_st);
+}
+
+int lfs_lookup(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
+	       struct lfs_node **ret_node, struct stat *ret_st)
+{
+	struct lfs_dirindex *index;
+	struct lfs_node *child = NULL;
+	struct lfs_entry *e;
+	bool created = false;
+	int r;
+
+	if (lfs_whiteout_is_reserved_name(name))
+		return -ENOENT;
+	if (strlen(name) > NAME_MAX)
+		return -ENAMETOOLONG;
+	r = lfs_node_index(fs, parent, &index);
+	if (r < 0)
+		return r;
+	e = lfs_dirindex_find(index, name);
+	if (!e || e->is_whiteout)
+		return -ENOENT;
+
+	/* The child's reference on parent is taken before parent->mu, so no
+	 * two node locks are ever held together (see node.c). */
+	lfs_node_ref(fs, parent);
+	pthread_mutex_lock(&parent->mu);
+	r = lfs_node_get_child(fs, parent, e, &child, &created);
+	pthread_mutex_unlock(&parent->mu);
+	if (r < 0 || !created)
+		lfs_node_unref(fs, parent, 1);
+	if (r < 0)
+		return r;
+
+	r = node_stat(fs, child, ret_st);
+	if (r < 0) {
+		lfs_node_unref(fs, child, 1);
+		return r;
+	}
+	*ret_node = child;
+	return 0;
+}

@@ -1,0 +1,198 @@
+/*
+ * node.c - merged names: creation, reference counting, paths.
+ *
+ * A node is one name in the merged tree (parent + name), the unit the
+ * kernel looks up and forgets.  Its references are: the kernel's lookup
+ * count, one per live child (child->parent), one per open handle.  A node
+ * with no references is unlinked from its parent's index entry and freed,
+ * and then drops its own reference on the parent.
+ *
+ * Locking: node->refs is protected by the parent's mu, because the
+ * parent's index entry is where lookups find the node; so a lookup that
+ * finds a live node and takes a reference, and an unref that unlinks the
+ * node, exclude each other.  No function holds two node locks at once.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layerfs_i.h"
+
+struct lfs_node *lfs_node_new_root(struct lfs_fs *fs)
+{
+	struct lfs_node *root = calloc(1, sizeof(*root));
+	struct stat st;
+
+	if (!root)
+		return NULL;
+	if (fstatat(fs->stack->layers[0].root_fd, "", &st, AT_EMPTY_PATH) < 0) {
+		free(root);
+		return NULL;
+	}
+	pthread_mutex_init(&root->mu, NULL);
+	root->name = "";
+	root->type = DT_DIR;
+	root->layer = 0;
+	root->ino = lfs_fs_ino(fs, 0, st.st_ino);
+	root->refs = 1;
+	root->dir_layers = &fs->all_layers;
+	return root;
+}
+
+static void node_free(struct lfs_node *node)
+{
+	lfs_dirindex_free(atomic_load(&node->index));
+	pthread_mutex_destroy(&node->mu);
+	free(node);
+}
+
+/* Free node and every descendant the kernel still held: at unmount the
+ * kernel may not have sent all its forgets. */
+static void node_free_tree(struct lfs_node *node)
+{
+	struct lfs_dirindex *index = atomic_load(&node->index);
+
+	for (size_t i = 0; index && i < index->n_visible; i++)
+		if (index->visible[i]->node)
+			node_free_tree(index->visible[i]->node);
+	node_free(node);
+}
+
+void lfs_node_free_root(struct lfs_node *root)
+{
+	if (root)
+		node_free_tree(root);
+}
+
+int lfs_node_get_child(struct lfs_fs *fs, struct lfs_node *parent,
+		       struct lfs_entry *entry, struct lfs_node **ret,
+		       bool *ret_created)
+{
+	struct lfs_node *child = entry->node;
+
+	if (child) {
+		child->refs++;
+		*ret = child;
+		*ret_created = false;
+		return 0;
+	}
+	child = calloc(1, sizeof(*child));
+	if (!child)
+		return -ENOMEM;
+	pthread_mutex_init(&child->mu, NULL);
+	child->parent = parent;
+	child->entry = entry;
+	child->name = entry->name;
+	child->layer = entry->layer;
+	child->type = entry->type;
+	child->ino = lfs_fs_ino(fs, entry->layer, entry->real_ino);
+	child->refs = 1;
+	if (entry->type == DT_DIR)
+		child->dir_layers = &entry->dir_layers;
+	entry->node = child;
+	*ret = child;
+	*ret_created = true;
+	return 0;
+}
+
+void lfs_node_ref(struct lfs_fs *fs, struct lfs_node *node)
+{
+	(void)fs;
+	if (!node->parent)
+		return;    /* the root is never freed */
+	pthread_mutex_lock(&node->parent->mu);
+	node->refs++;
+	pthread_mutex_unlock(&node->parent->mu);
+}
+
+void lfs_node_unref(struct lfs_fs *fs, struct lfs_node *node, uint64_t n)
+{
+	(void)fs;
+	while (node && node->parent) {
+		struct lfs_node *parent = node->parent;
+		bool dead;
+
+		pthread_mutex_lock(&parent->mu);
+		node->refs -= n;
+		dead = node->refs == 0;
+		if (dead)
+			node->entry->node = NULL;
+		pthread_mutex_unlock(&parent->mu);
+		if (!dead)
+			return;
+		node_free(node);
+		node = parent;    /* the dead child's reference on it */
+		n = 1;
+	}
+	/* The root lives as long as the filesystem: its count is not kept. */
+}
+
+int lfs_node_index(struct lfs_fs *fs, struct lfs_node *node,
+		   struct lfs_dirindex **ret)
+{
+	int r = 0;
+
+	if (node->type != DT_DIR)
+		return -ENOTDIR;
+	/* Fast path: an index, once published, never changes (read-only
+	 * layers).  The acquire pairs with the release below. */
+	struct lfs_dirindex *index =
+		atomic_load_explicit(&node->index, memory_order_acquire);
+	if (index) {
+		*ret = index;
+		return 0;
+	}
+	pthread_mutex_lock(&node->mu);
+	if (!node->index) {
+		char path[PATH_MAX];
+		r = lfs_node_path(node, path, sizeof(path));
+		if (r == 0)
+			r = lfs_dirindex_build(fs->stack, path, node->dir_layers,
+					       node->parent == NULL, &index);
+		if (r == 0)
+			atomic_store_explicit(&node->index, index,
+					      memory_order_release);
+	}
+	index = atomic_load_explicit(&node->index, memory_order_relaxed);
+	pthread_mutex_unlock(&node->mu);
+	if (r == 0)
+		*ret = index;
+	return r;
+}
+
+int lfs_node_path(const struct lfs_node *node, char *buf, size_t size)
+{
+	size_t pos = size;
+
+	if (size < 2)
+		return -ENAMETOOLONG;
+	if (!node->parent) {
+		strcpy(buf, ".");
+		return 0;
+	}
+	/* Names are written from the end of buf backwards, then moved. */
+	buf[--pos] = '\0';
+	for (const struct lfs_node *n = node; n->parent; n = n->parent) {
+		size_t len = strlen(n->name);
+		bool first = n == node;
+		if (len + !first > pos)
+			return -ENAMETOOLONG;
+		if (!first)
+			buf[--pos] = '/';
+		pos -= len;
+		memcpy(buf + pos, n->name, len);
+	}
+	memmove(buf, buf + pos, size - pos);
+	return 0;
+}
+
+uint32_t lfs_node_layer(const struct lfs_node *node)
+{
+	return node->layer;
+}
+
+bool lfs_node_is_dir(const struct lfs_node *node)
+{
+	return node->type == DT_DIR;
+}

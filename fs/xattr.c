@@ -1,0 +1,115 @@
+/*
+ * xattr.c - extended attributes of merged objects.
+ *
+ * Values come from the providing layer's object.  The overlay's own
+ * bookkeeping xattrs ({trusted,user}.overlay.*) describe the layers, not
+ * the file, so they are neither listed nor readable through the merge.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/xattr.h>
+
+#include "layerfs_i.h"
+
+static const char *const private_prefixes[] = {
+	"trusted.overlay.",
+	"user.overlay.",
+};
+
+bool lfs_xattr_is_private(const char *name)
+{
+	for (size_t i = 0;
+	     i < sizeof(private_prefixes) / sizeof(*private_prefixes); i++)
+		if (strncmp(name, private_prefixes[i],
+			    strlen(private_prefixes[i])) == 0)
+			return true;
+	return false;
+}
+
+static int node_proc_path(struct lfs_fs *fs, struct lfs_node *node,
+			  char buf[PATH_MAX])
+{
+	char rel[PATH_MAX];
+	int r = lfs_node_path(node, rel, sizeof(rel));
+
+	if (r < 0)
+		return r;
+	return lfs_proc_path(buf, fs->stack->layers[node->layer].root_fd, rel);
+}
+
+ssize_t lfs_getxattr(struct lfs_fs *fs, struct lfs_node *node,
+		     const char *name, void *value, size_t size)
+{
+	char path[PATH_MAX];
+	ssize_t len;
+	int r;
+
+	if (lfs_xattr_is_private(name))
+		return -ENODATA;
+	r = node_proc_path(fs, node, path);
+	if (r < 0)
+		return r;
+	len = lgetxattr(path, name, value, size);
+	return len < 0 ? -errno : len;
+}
+
+/* Drop the private names from a list of NUL-terminated names, in place. */
+static size_t filter_private(char *list, size_t len)
+{
+	size_t out = 0;
+
+	for (size_t in = 0; in < len;) {
+		size_t n = strnlen(list + in, len - in) + 1;
+		if (!lfs_xattr_is_private(list + in)) {
+			memmove(list + out, list + in, n);
+			out += n;
+		}
+		in += n;
+	}
+	return out;
+}
+
+ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
+		      size_t size)
+{
+	char path[PATH_MAX];
+	char *buf = NULL;
+	ssize_t len;
+	int r = node_proc_path(fs, node, path);
+
+	if (r < 0)
+		return r;
+	/* The filtered list can be shorter than the real one, so the real
+	 * one is always read in full, even when only the size is asked. */
+	for (;;) {
+		len = llistxattr(path, NULL, 0);
+		if (len <= 0)
+			return len < 0 ? -errno : 0;
+		char *grown = realloc(buf, (size_t)len);
+		if (!grown) {
+			free(buf);
+			return -ENOMEM;
+		}
+		buf = grown;
+		ssize_t got = llistxattr(path, buf, (size_t)len);
+		if (got >= 0) {
+			len = got;
+			break;
+		}
+		if (errno != ERANGE) {
+			r = -errno;
+			free(buf);
+			return r;
+		}
+	}
+	len = (ssize_t)filter_private(buf, (size_t)len);
+	if (size > 0) {
+		if ((size_t)len > size)
+			len = -ERANGE;
+		else
+			memcpy(list, buf, (size_t)len);
+	}
+	free(buf);
+	return len;
+}

@@ -1,0 +1,190 @@
+/*
+ * layerfs.h - the union core's public interface.
+ *
+ * The core merges an ordered stack of read-only layer directories (top-most
+ * first) into one tree, following the rules written in README.md ("Union
+ * rules").  It knows nothing of FUSE: the adapter in fs/fuse_*.c, the unit
+ * tests and the tools all call this interface.
+ *
+ * Conventions, used by every function here:
+ *   - return 0 (or a count) on success and -errno on failure;
+ *   - ret_* parameters are written only on success;
+ *   - "owned" means the callee frees it, "borrowed" means it does not.
+ *
+ * Identity spaces (where they meet, see fs/node.c and fs/inomap.c):
+ *   layer (st_dev, st_ino)  - a real object inside one layer directory;
+ *   struct lfs_node *       - one merged name (parent + name), refcounted;
+ *                             the FUSE adapter uses its address as fuse_ino_t;
+ *   reported st_ino         - what stat() and readdir show: derived from the
+ *                             providing layer's (st_dev, st_ino) so that hard
+ *                             links share it and it is stable for the mount.
+ */
+#ifndef LAYERFS_H
+#define LAYERFS_H
+
+#include <dirent.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+
+#define LAYERFS_VERSION "0.1.0"
+
+/* An error message buffer: core set-up functions explain failures here. */
+#define LFS_ERRLEN 512
+
+/* ------------------------------------------------------------------ */
+/* options.c: the fuse-overlayfs-compatible command line               */
+
+struct lfs_options {
+	char **lowerdirs;      /* owned; top-most first */
+	size_t n_lowerdirs;
+	char *upperdir;        /* owned or NULL */
+	char *workdir;         /* owned or NULL */
+	char *mountpoint;      /* owned */
+	double timeout;        /* kernel cache timeout, seconds */
+	bool foreground;       /* -f */
+	bool debug;            /* -d: libfuse request log, implies -f */
+	bool show_version;     /* --version */
+	bool show_help;        /* -h, --help */
+	char **fuse_opts;      /* owned; mount options handed to libfuse */
+	size_t n_fuse_opts;
+	char **unknown_opts;   /* owned; accepted, warned about once */
+	size_t n_unknown_opts;
+};
+
+/*
+ * Parse argv (fuse-overlayfs spelling).  On failure returns -EINVAL and
+ * writes a message naming the offending argument into err.
+ * On success *ret is filled and owned by the caller (lfs_options_free).
+ */
+int lfs_options_parse(int argc, char *const argv[], struct lfs_options *ret,
+		      char err[LFS_ERRLEN]);
+void lfs_options_free(struct lfs_options *opts);
+
+/* Split "a:b\:c" into {"a", "b:c"}; empty elements are an error (-EINVAL). */
+int lfs_split_lowerdir(const char *spec, char ***ret_dirs, size_t *ret_n);
+
+/* ------------------------------------------------------------------ */
+/* layer.c: the layer stack                                            */
+
+struct lfs_layer {
+	int root_fd;          /* owned; O_PATH|O_DIRECTORY on the layer root */
+	char *path;           /* owned; as given by the user */
+	char digest[65];      /* sha256 hex naming the layer, or "" */
+	dev_t dev;            /* st_dev of the layer root */
+	uint32_t fs_index;    /* which distinct filesystem (for st_ino) */
+};
+
+struct lfs_stack {
+	struct lfs_layer *layers;  /* owned; [0] is the top-most layer */
+	uint32_t n_layers;
+	uint32_t n_filesystems;    /* distinct st_dev values among layers */
+};
+
+/* Open and validate every layer directory.  Errors name the layer. */
+int lfs_stack_open(struct lfs_stack **ret, char *const *paths, size_t n,
+		   char err[LFS_ERRLEN]);
+void lfs_stack_free(struct lfs_stack *stack);
+
+/* If name (or, for ".../<digest>/diff", its parent) is 64 hex digits, copy
+ * it to digest and return true. */
+bool lfs_layer_digest_from_path(const char *path, char digest[65]);
+
+/* ------------------------------------------------------------------ */
+/* fs.c: one merged filesystem                                         */
+
+struct lfs_fs;
+struct lfs_node;
+
+struct lfs_fs_config {
+	bool read_only;       /* no upper layer: every change is EROFS */
+};
+
+/* Takes ownership of stack on success. */
+int lfs_fs_new(struct lfs_fs **ret, struct lfs_stack *stack,
+	       const struct lfs_fs_config *config);
+void lfs_fs_free(struct lfs_fs *fs);
+
+struct lfs_node *lfs_fs_root(struct lfs_fs *fs);
+const struct lfs_stack *lfs_fs_stack(const struct lfs_fs *fs);
+bool lfs_fs_is_read_only(const struct lfs_fs *fs);
+
+/* ------------------------------------------------------------------ */
+/* node.c / lookup.c: merged names                                     */
+
+/*
+ * Look name up in directory parent.  On success *ret_node holds one new
+ * reference (drop it with lfs_node_unref) and *ret_st its attributes.
+ * -ENOENT for absent and whited-out names, -ENOTDIR if parent is not a
+ * directory.
+ */
+int lfs_lookup(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
+	       struct lfs_node **ret_node, struct stat *ret_st);
+
+/* Attributes of node as the merged view reports them. */
+int lfs_getattr(struct lfs_fs *fs, struct lfs_node *node, struct stat *ret_st);
+
+/* Drop n references (the kernel's forget carries a count). */
+void lfs_node_unref(struct lfs_fs *fs, struct lfs_node *node, uint64_t n);
+void lfs_node_ref(struct lfs_fs *fs, struct lfs_node *node);
+
+/* The layer index providing node (0 = top-most) and its type (DT_*). */
+uint32_t lfs_node_layer(const struct lfs_node *node);
+bool lfs_node_is_dir(const struct lfs_node *node);
+
+/* The node's path relative to every layer root ("." for the root).
+ * -ENAMETOOLONG when it does not fit in size bytes. */
+int lfs_node_path(const struct lfs_node *node, char *buf, size_t size);
+
+/* ------------------------------------------------------------------ */
+/* file.c: data and metadata of the providing layer's object           */
+
+/* Open node's object in its layer with open(2) flags; returns an fd
+ * (owned by the caller) or -errno.  Write access is -EROFS here. */
+int lfs_open(struct lfs_fs *fs, struct lfs_node *node, int flags);
+int lfs_readlink(struct lfs_fs *fs, struct lfs_node *node, char *buf,
+		 size_t size);
+int lfs_statfs(struct lfs_fs *fs, struct statvfs *ret);
+/* access(2) semantics on the merged object (mask of R_OK|W_OK|X_OK). */
+int lfs_access(struct lfs_fs *fs, struct lfs_node *node, int mask);
+
+/* ------------------------------------------------------------------ */
+/* xattr.c: extended attributes with the private overlay ones hidden   */
+
+/* Like getxattr(2): size 0 asks for the length.  Returns length or -errno. */
+ssize_t lfs_getxattr(struct lfs_fs *fs, struct lfs_node *node,
+		     const char *name, void *value, size_t size);
+ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
+		      size_t size);
+/* True for the xattrs layerfs keeps to itself (overlay whiteout/opaque...). */
+bool lfs_xattr_is_private(const char *name);
+
+/* ------------------------------------------------------------------ */
+/* readdir.c: merged directory listings                                */
+
+struct lfs_dirent {
+	const char *name;     /* borrowed: valid while the dir handle lives */
+	uint64_t ino;         /* reported st_ino, equal to stat's */
+	unsigned char type;   /* DT_* */
+	off_t next_off;       /* offset that resumes after this entry */
+};
+
+struct lfs_dir;   /* an open directory: keeps its listing stable */
+
+int lfs_opendir(struct lfs_fs *fs, struct lfs_node *node,
+		struct lfs_dir **ret);
+void lfs_closedir(struct lfs_fs *fs, struct lfs_dir *dir);
+
+/*
+ * Read the entry at offset off ("." is 0, ".." 1, then the merged names in
+ * a fixed order).  Returns 1 with *ret filled, 0 at the end, or -errno.
+ */
+int lfs_readdir_at(struct lfs_dir *dir, off_t off, struct lfs_dirent *ret);
+
+/* The directory node a handle lists (borrowed). */
+struct lfs_node *lfs_dir_node(struct lfs_dir *dir);
+
+#endif /* LAYERFS_H */
