@@ -33,7 +33,7 @@ BENCH_C   := $(wildcard benchmarks/*.c)
 
 .PHONY: all deps check unit bench example clean core-is-fuse-free asan
 
-all: $(DEPS_STAMP) bin/layerfs build/unit_tests $(BENCH_C:benchmarks/%.c=build/bench/%)
+all: $(DEPS_STAMP) bin/layerfs $(BENCH_C:benchmarks/%.c=build/bench/%)
 
 # Install only what is missing; the stamp records that the check passed.
 $(DEPS_STAMP):
@@ -77,7 +77,7 @@ core-is-fuse-free:
 	@! grep -l 'include.*fuse' $(CORE_SRCS) fs/*_i.h include/*.h 2>/dev/null | grep . \
 	  || { echo "core files above include FUSE headers" >&2; exit 1; }
 
-check: all core-is-fuse-free
+check: all build/unit_tests core-is-fuse-free
 	@tests/run
 
 unit: build/unit_tests

@@ -49,7 +49,7 @@ void lfs_fs_free(struct lfs_fs *fs)
 		return;
 	/* Nodes the kernel never forgot die with the mount; the caller has
 	 * stopped all request threads by now. */
-	lfs_node_free_root(fs->root);
+	lfs_node_free_root(fs, fs->root);
 	lfs_inomap_destroy(&fs->inomap);
 	lfs_stack_free(fs->stack);
 	free(fs->all_layers.layers);

@@ -14,6 +14,10 @@ struct lfs_fuse {
 	struct lfs_fs *fs;       /* owned by fuse_main.c */
 	double timeout;          /* entry, attribute and negative caching */
 	bool read_only;
+	/* Answer OPEN and OPENDIR with ENOSYS so the kernel stops sending
+	 * them (and their RELEASEs), keeping pages and listings cached.
+	 * Decided at mount: only a read-only merge can do without handles. */
+	bool zero_message_open;
 };
 
 /* fuse_ops.c: the request handlers, for fuse_session_new(). */

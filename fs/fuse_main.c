@@ -35,15 +35,31 @@ static void usage(FILE *out)
 		"  -f         stay in the foreground;  -d  log every request\n");
 }
 
-/* 1,000 layers need 1,000 open layer roots and then some. */
-static void raise_fd_limit(void)
+/* 1,000 layers need 1,000 open layer roots and then some.  Returns the
+ * limit now in force. */
+static rlim_t raise_fd_limit(void)
 {
 	struct rlimit rl;
 
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 1024;
+	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
 	}
+	return rl.rlim_cur;
+}
+
+/* Half of what the layer roots and a margin for directory reads and
+ * one-off opens leave over may be cached read fds (see fs/file.c). */
+static unsigned data_fd_budget(rlim_t limit, size_t n_layers)
+{
+	rlim_t reserved = n_layers + 256;
+
+	if (limit == RLIM_INFINITY || limit > 1u << 20)
+		limit = 1u << 20;
+	return limit > reserved ? (unsigned)((limit - reserved) / 2) : 0;
 }
 
 /* Undo the octal escapes of /proc/self/mountinfo ("\040" is a space). */
@@ -202,8 +218,7 @@ static int serve(const struct lfs_options *o, struct lfs_fuse *ctx,
 		 int report_fd)
 {
 	char *mopts = fuse_mount_options(o, ctx->read_only);
-	char *argv[4] = { PROG, "-o", mopts, NULL };
-	struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	struct fuse_session *se = NULL;
 	struct fuse_loop_config *loop = NULL;
 	char msg[LFS_ERRLEN];
@@ -213,8 +228,13 @@ static int serve(const struct lfs_options *o, struct lfs_fuse *ctx,
 		report(report_fd, "out of memory");
 		return 1;
 	}
-	if (o->debug)
-		fuse_opt_add_arg(&args, "-d");
+	if (fuse_opt_add_arg(&args, PROG) != 0 ||
+	    fuse_opt_add_arg(&args, "-o") != 0 ||
+	    fuse_opt_add_arg(&args, mopts) != 0 ||
+	    (o->debug && fuse_opt_add_arg(&args, "-d") != 0)) {
+		report(report_fd, "out of memory");
+		goto out;
+	}
 	se = fuse_session_new(&args, &lfs_fuse_ops, sizeof(lfs_fuse_ops), ctx);
 	if (!se) {
 		report(report_fd, "cannot start the FUSE session");
@@ -326,7 +346,7 @@ int main(int argc, char *argv[])
 		return 0;
 	}
 	warn_unknown(&opts);
-	raise_fd_limit();
+	rlim_t fd_limit = raise_fd_limit();
 
 	r = check_mountpoint(opts.mountpoint, err);
 	if (r == 0 && opts.upperdir)
@@ -336,7 +356,10 @@ int main(int argc, char *argv[])
 	if (r == 0)
 		r = open_stack(&opts, &stack, err);
 	if (r == 0) {
-		struct lfs_fs_config config = { .read_only = true };
+		struct lfs_fs_config config = {
+			.read_only = true,
+			.max_data_fds = data_fd_budget(fd_limit, stack->n_layers),
+		};
 		r = lfs_fs_new(&ctx.fs, stack, &config);
 		if (r < 0) {
 			snprintf(err, sizeof(err), "%s", strerror(-r));
@@ -353,6 +376,7 @@ int main(int argc, char *argv[])
 			" writes are not supported yet\n", opts.upperdir);
 	ctx.timeout = opts.timeout;
 	ctx.read_only = true;
+	ctx.zero_message_open = ctx.read_only;
 
 	int report_fd = opts.foreground ? -1 : daemonize();
 	r = serve(&opts, &ctx, report_fd);

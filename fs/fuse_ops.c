@@ -7,6 +7,7 @@
  * count is one node reference, given back by forget.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -132,8 +133,13 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	struct lfs_dir *dir;
-	int r = lfs_opendir(ctx(req)->fs, node_of(req, ino), &dir);
+	int r;
 
+	if (ctx(req)->zero_message_open) {
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
+	r = lfs_opendir(ctx(req)->fs, node_of(req, ino), &dir);
 	if (r < 0) {
 		reply_err(req, r);
 		return;
@@ -160,7 +166,7 @@ static size_t add_plain(fuse_req_t req, char *buf, size_t room,
 }
 
 static size_t add_plus(fuse_req_t req, char *buf, size_t room,
-		       struct lfs_dir *dir, const struct lfs_dirent *d,
+		       struct lfs_node *dir, const struct lfs_dirent *d,
 		       int *ret_err)
 {
 	struct lfs_fuse *f = ctx(req);
@@ -178,8 +184,7 @@ static size_t add_plus(fuse_req_t req, char *buf, size_t room,
 		e.attr.st_mode = DTTOIF(d->type);
 	} else {
 		struct stat st;
-		int r = lfs_lookup(f->fs, lfs_dir_node(dir), d->name, &node,
-				   &st);
+		int r = lfs_lookup(f->fs, dir, d->name, &node, &st);
 		if (r < 0) {
 			*ret_err = r;
 			return 0;
@@ -189,10 +194,20 @@ static size_t add_plus(fuse_req_t req, char *buf, size_t room,
 	return fuse_add_direntry_plus(req, buf, room, d->name, &e, d->next_off);
 }
 
-static void readdir_common(fuse_req_t req, size_t size, off_t off,
-			   struct fuse_file_info *fi, bool plus)
+/* Entry off of the directory: through the handle, or without one when
+ * the kernel skips OPENDIR (zero_message_open). */
+static int dir_entry(fuse_req_t req, struct lfs_node *node,
+		     struct fuse_file_info *fi, off_t off, struct lfs_dirent *d)
 {
-	struct lfs_dir *dir = (struct lfs_dir *)(uintptr_t)fi->fh;
+	if (fi->fh)
+		return lfs_readdir_at((struct lfs_dir *)(uintptr_t)fi->fh, off, d);
+	return lfs_readdir_node(ctx(req)->fs, node, off, d);
+}
+
+static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size,
+			   off_t off, struct fuse_file_info *fi, bool plus)
+{
+	struct lfs_node *dir = node_of(req, ino);
 	char *buf = malloc(size);
 	size_t pos = 0;
 	int r = 0;
@@ -205,7 +220,7 @@ static void readdir_common(fuse_req_t req, size_t size, off_t off,
 		struct lfs_dirent d;
 		size_t added;
 
-		r = lfs_readdir_at(dir, off, &d);
+		r = dir_entry(req, dir, fi, off, &d);
 		if (r <= 0)
 			break;
 		added = plus ? add_plus(req, buf + pos, size - pos, dir, &d, &r)
@@ -226,15 +241,13 @@ static void readdir_common(fuse_req_t req, size_t size, off_t off,
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
-	(void)ino;
-	readdir_common(req, size, off, fi, false);
+	readdir_common(req, ino, size, off, fi, false);
 }
 
 static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
 			   off_t off, struct fuse_file_info *fi)
 {
-	(void)ino;
-	readdir_common(req, size, off, fi, true);
+	readdir_common(req, ino, size, off, fi, true);
 }
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
@@ -247,8 +260,13 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	int fd = lfs_open(ctx(req)->fs, node_of(req, ino), fi->flags);
+	int fd;
 
+	if (ctx(req)->zero_message_open && (fi->flags & O_ACCMODE) == O_RDONLY) {
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
+	fd = lfs_open(ctx(req)->fs, node_of(req, ino), fi->flags);
 	if (fd < 0) {
 		reply_err(req, fd);
 		return;
@@ -261,16 +279,37 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		close(fd);
 }
 
+/* The fd behind a request: its open handle, or (zero_message_open) the
+ * node's data fd.  *ret_owned: the caller must close it. */
+static int file_fd(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+		   int *ret_fd, bool *ret_owned)
+{
+	if (!ctx(req)->zero_message_open) {
+		*ret_fd = (int)fi->fh;
+		*ret_owned = false;
+		return 0;
+	}
+	return lfs_data_fd(ctx(req)->fs, node_of(req, ino), ret_fd, ret_owned);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+	bool owned;
+	int fd;
+	int r = file_fd(req, ino, fi, &fd, &owned);
 
-	(void)ino;
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
 	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	buf.buf[0].fd = (int)fi->fh;
+	buf.buf[0].fd = fd;
 	buf.buf[0].pos = off;
 	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+	if (owned)
+		close(fd);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino,
@@ -285,7 +324,9 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
 	(void)fi;
-	fuse_reply_err(req, 0);
+	/* Nothing is buffered here; ENOSYS makes the kernel stop asking, one
+	 * round trip less for every close(2). */
+	fuse_reply_err(req, ENOSYS);
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
@@ -363,13 +404,22 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		     struct fuse_file_info *fi)
 {
-	off_t res = lseek((int)fi->fh, off, whence);
+	bool owned;
+	int fd;
+	int r = file_fd(req, ino, fi, &fd, &owned);
 
-	(void)ino;
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
+	/* The kernel keeps the caller's file position; ours is scratch. */
+	off_t res = lseek(fd, off, whence);
 	if (res < 0)
 		fuse_reply_err(req, errno);
 	else
 		fuse_reply_lseek(req, res);
+	if (owned)
+		close(fd);
 }
 
 /* Every change, until the writable upper layer exists. */

@@ -113,10 +113,11 @@ struct lfs_node {
 	/* dir: built lazily under mu, then published for lock-free reads */
 	_Atomic(struct lfs_dirindex *) index;
 	const struct lfs_layer_list *dir_layers;  /* dir: borrowed */
+	_Atomic int data_fd;       /* file: cached read fd or -1; see file.c */
 };
 
 struct lfs_node *lfs_node_new_root(struct lfs_fs *fs);
-void lfs_node_free_root(struct lfs_node *root);
+void lfs_node_free_root(struct lfs_fs *fs, struct lfs_node *root);
 /* Return the live node of entry in parent, creating it; +1 reference.
  * Caller holds parent->mu and a reference on parent. */
 int lfs_node_get_child(struct lfs_fs *fs, struct lfs_node *parent,
@@ -150,7 +151,11 @@ struct lfs_fs {
 	struct lfs_node *root;          /* owned */
 	struct lfs_inomap inomap;
 	struct lfs_fs_config config;
+	atomic_uint n_data_fds;         /* cached data fds open, see file.c */
 };
+
+/* file.c: give back node's cached data fd when the node dies. */
+void lfs_node_close_data_fd(struct lfs_fs *fs, struct lfs_node *node);
 
 /* Reported inode number of the object (layer, real_ino). */
 uint64_t lfs_fs_ino(struct lfs_fs *fs, uint32_t layer, uint64_t real_ino);

@@ -31,6 +31,7 @@ struct lfs_node *lfs_node_new_root(struct lfs_fs *fs)
 		return NULL;
 	}
 	pthread_mutex_init(&root->mu, NULL);
+	atomic_init(&root->data_fd, -1);
 	root->name = "";
 	root->type = DT_DIR;
 	root->layer = 0;
@@ -40,8 +41,9 @@ struct lfs_node *lfs_node_new_root(struct lfs_fs *fs)
 	return root;
 }
 
-static void node_free(struct lfs_node *node)
+static void node_free(struct lfs_fs *fs, struct lfs_node *node)
 {
+	lfs_node_close_data_fd(fs, node);
 	lfs_dirindex_free(atomic_load(&node->index));
 	pthread_mutex_destroy(&node->mu);
 	free(node);
@@ -49,20 +51,20 @@ static void node_free(struct lfs_node *node)
 
 /* Free node and every descendant the kernel still held: at unmount the
  * kernel may not have sent all its forgets. */
-static void node_free_tree(struct lfs_node *node)
+static void node_free_tree(struct lfs_fs *fs, struct lfs_node *node)
 {
 	struct lfs_dirindex *index = atomic_load(&node->index);
 
 	for (size_t i = 0; index && i < index->n_visible; i++)
 		if (index->visible[i]->node)
-			node_free_tree(index->visible[i]->node);
-	node_free(node);
+			node_free_tree(fs, index->visible[i]->node);
+	node_free(fs, node);
 }
 
-void lfs_node_free_root(struct lfs_node *root)
+void lfs_node_free_root(struct lfs_fs *fs, struct lfs_node *root)
 {
 	if (root)
-		node_free_tree(root);
+		node_free_tree(fs, root);
 }
 
 int lfs_node_get_child(struct lfs_fs *fs, struct lfs_node *parent,
@@ -81,6 +83,7 @@ int lfs_node_get_child(struct lfs_fs *fs, struct lfs_node *parent,
 	if (!child)
 		return -ENOMEM;
 	pthread_mutex_init(&child->mu, NULL);
+	atomic_init(&child->data_fd, -1);
 	child->parent = parent;
 	child->entry = entry;
 	child->name = entry->name;
@@ -108,7 +111,6 @@ void lfs_node_ref(struct lfs_fs *fs, struct lfs_node *node)
 
 void lfs_node_unref(struct lfs_fs *fs, struct lfs_node *node, uint64_t n)
 {
-	(void)fs;
 	while (node && node->parent) {
 		struct lfs_node *parent = node->parent;
 		bool dead;
@@ -121,7 +123,7 @@ void lfs_node_unref(struct lfs_fs *fs, struct lfs_node *node, uint64_t n)
 		pthread_mutex_unlock(&parent->mu);
 		if (!dead)
 			return;
-		node_free(node);
+		node_free(fs, node);
 		node = parent;    /* the dead child's reference on it */
 		n = 1;
 	}

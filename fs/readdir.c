@@ -14,7 +14,6 @@
 struct lfs_dir {
 	struct lfs_fs *fs;             /* borrowed */
 	struct lfs_node *node;         /* holds one reference */
-	struct lfs_dirindex *index;    /* borrowed from node */
 };
 
 int lfs_opendir(struct lfs_fs *fs, struct lfs_node *node, struct lfs_dir **ret)
@@ -31,7 +30,6 @@ int lfs_opendir(struct lfs_fs *fs, struct lfs_node *node, struct lfs_dir **ret)
 	lfs_node_ref(fs, node);
 	dir->fs = fs;
 	dir->node = node;
-	dir->index = index;
 	*ret = dir;
 	return 0;
 }
@@ -51,7 +49,14 @@ struct lfs_node *lfs_dir_node(struct lfs_dir *dir)
 
 int lfs_readdir_at(struct lfs_dir *dir, off_t off, struct lfs_dirent *ret)
 {
-	struct lfs_node *node = dir->node;
+	return lfs_readdir_node(dir->fs, dir->node, off, ret);
+}
+
+int lfs_readdir_node(struct lfs_fs *fs, struct lfs_node *node, off_t off,
+		     struct lfs_dirent *ret)
+{
+	struct lfs_dirindex *index;
+	int r;
 
 	if (off < 0)
 		return -EINVAL;
@@ -64,11 +69,14 @@ int lfs_readdir_at(struct lfs_dir *dir, off_t off, struct lfs_dirent *ret)
 		ret->next_off = off + 1;
 		return 1;
 	}
-	if ((size_t)(off - 2) >= dir->index->n_visible)
+	r = lfs_node_index(fs, node, &index);
+	if (r < 0)
+		return r;
+	if ((size_t)(off - 2) >= index->n_visible)
 		return 0;
-	const struct lfs_entry *e = dir->index->visible[off - 2];
+	const struct lfs_entry *e = index->visible[off - 2];
 	ret->name = e->name;
-	ret->ino = lfs_fs_ino(dir->fs, e->layer, e->real_ino);
+	ret->ino = lfs_fs_ino(fs, e->layer, e->real_ino);
 	ret->type = e->type;
 	ret->next_off = off + 1;
 	return 1;

@@ -101,6 +101,7 @@ struct lfs_node;
 
 struct lfs_fs_config {
 	bool read_only;       /* no upper layer: every change is EROFS */
+	unsigned max_data_fds;  /* budget of cached per-node data fds */
 };
 
 /* Takes ownership of stack on success. */
@@ -145,6 +146,14 @@ int lfs_node_path(const struct lfs_node *node, char *buf, size_t size);
 /* Open node's object in its layer with open(2) flags; returns an fd
  * (owned by the caller) or -errno.  Write access is -EROFS here. */
 int lfs_open(struct lfs_fs *fs, struct lfs_node *node, int flags);
+/*
+ * An fd to read node's data from, for requests that carry no open handle.
+ * Set *ret_owned: true means the caller closes it; false means it is the
+ * node's cached fd (kept until the node is freed, within a budget of open
+ * files set at mount), borrowed.
+ */
+int lfs_data_fd(struct lfs_fs *fs, struct lfs_node *node, int *ret_fd,
+		bool *ret_owned);
 int lfs_readlink(struct lfs_fs *fs, struct lfs_node *node, char *buf,
 		 size_t size);
 int lfs_statfs(struct lfs_fs *fs, struct statvfs *ret);
@@ -183,6 +192,9 @@ void lfs_closedir(struct lfs_fs *fs, struct lfs_dir *dir);
  * a fixed order).  Returns 1 with *ret filled, 0 at the end, or -errno.
  */
 int lfs_readdir_at(struct lfs_dir *dir, off_t off, struct lfs_dirent *ret);
+/* The same without a handle: a read-only merge's listing never changes. */
+int lfs_readdir_node(struct lfs_fs *fs, struct lfs_node *node, off_t off,
+		     struct lfs_dirent *ret);
 
 /* The directory node a handle lists (borrowed). */
 struct lfs_node *lfs_dir_node(struct lfs_dir *dir);
