@@ -332,8 +332,7 @@ int main(int argc, char *argv[])
 	int r;
 
 	if (lfs_options_parse(argc, argv, &opts, err) < 0) {
-		fprintf(stderr, PROG ": %s\n", err);
-		usage(stderr);
+		fprintf(stderr, PROG ": %s\n(see " PROG " --help)\n", err);
 		return 1;
 	}
 	if (opts.show_version || opts.show_help) {

@@ -83,8 +83,14 @@ static int layer_open(struct lfs_layer *L, const char *path,
 		return -e;
 	}
 	L->dev = st.st_dev;
-	if (!lfs_layer_digest_from_path(path, L->digest))
+	/* Engines pass short symlinks to layers (containers/storage's
+	 * l/<id>): the digest is in the name of what they point to. */
+	char *real = NULL;
+	if (!lfs_layer_digest_from_path(path, L->digest) &&
+	    (!(real = realpath(path, NULL)) ||
+	     !lfs_layer_digest_from_path(real, L->digest)))
 		L->digest[0] = '\0';
+	free(real);
 	return 0;
 }
 

@@ -39,13 +39,41 @@ int lfs_getattr(struct lfs_fs *fs, struct lfs_node *node, struct stat *ret_st)
 	return node_stat(fs, node, ret_st);
 }
 
+/* The live node for entry e of parent, with one new reference. */
+static int child_of(struct lfs_fs *fs, struct lfs_node *parent,
+		    struct lfs_entry *e, struct lfs_node **ret)
+{
+	bool created = false;
+	int r;
+
+	*ret = NULL;
+	/* Usually the kernel asks again for a name it knows: one lock. */
+	pthread_mutex_lock(&parent->mu);
+	if (e->node) {
+		e->node->refs++;
+		*ret = e->node;
+	}
+	pthread_mutex_unlock(&parent->mu);
+	if (*ret)
+		return 0;
+	/* A new child holds a reference on its parent, taken before
+	 * parent->mu so that no two node locks are ever held together (see
+	 * node.c); given back if another thread created the child first. */
+	lfs_node_ref(fs, parent);
+	pthread_mutex_lock(&parent->mu);
+	r = lfs_node_get_child(fs, parent, e, ret, &created);
+	pthread_mutex_unlock(&parent->mu);
+	if (r < 0 || !created)
+		lfs_node_unref(fs, parent, 1);
+	return r;
+}
+
 int lfs_lookup(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
 	       struct lfs_node **ret_node, struct stat *ret_st)
 {
 	struct lfs_dirindex *index;
 	struct lfs_node *child = NULL;
 	struct lfs_entry *e;
-	bool created = false;
 	int r;
 
 	if (lfs_whiteout_is_reserved_name(name))
@@ -59,14 +87,7 @@ int lfs_lookup(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
 	if (!e || e->is_whiteout)
 		return -ENOENT;
 
-	/* The child's reference on parent is taken before parent->mu, so no
-	 * two node locks are ever held together (see node.c). */
-	lfs_node_ref(fs, parent);
-	pthread_mutex_lock(&parent->mu);
-	r = lfs_node_get_child(fs, parent, e, &child, &created);
-	pthread_mutex_unlock(&parent->mu);
-	if (r < 0 || !created)
-		lfs_node_unref(fs, parent, 1);
+	r = child_of(fs, parent, e, &child);
 	if (r < 0)
 		return r;
 
