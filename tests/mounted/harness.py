@@ -38,9 +38,14 @@ def check(cond, msg):
         raise Fail(msg)
 
 
+def _short(v, n=300):
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + "...(%d chars)" % len(r)
+
+
 def check_eq(got, want, what):
     if got != want:
-        raise Fail("%s: got %r, want %r" % (what, got, want))
+        raise Fail("%s: got %s, want %s" % (what, _short(got), _short(want)))
 
 
 def expect_errno(err, fn, *args, what=None, **kw):

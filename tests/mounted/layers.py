@@ -270,6 +270,9 @@ ALL_WHITEOUTS = ("chr", "oci", "xt", "xu")
 ALL_OPAQUES = ("t", "u", "oci")
 KERNEL_WHITEOUTS = ("chr", "xt")
 KERNEL_OPAQUES = ("t",)
+# a namespace of awkward names: spaces, colons, newlines, non-UTF-8, 255 bytes
+ODD_NAMES = (b"a", b"b", b"sp ace", b"co:lon", b"new\nline", b"\xff\xfe",
+             b"N" * 255, b"-", b"\\")
 
 
 def random_stack(ctx, rng, nlayers, ops=(2, 14), whiteouts=ALL_WHITEOUTS,
@@ -289,9 +292,12 @@ def _random_layer(layer, rng, idx, nops, whiteouts, opaques, names, depth,
                   specials):
     kinds = {}          # rel -> 'dir' | 'file' | 'other' within this layer
 
+    pool = [bytes([c]) for c in names] if isinstance(names, bytes) \
+        else list(names)
+
     def pick_path():
         n = rng.randint(1, depth)
-        return b"/".join(bytes([rng.choice(names)]) for _ in range(n))
+        return b"/".join(rng.choice(pool) for _ in range(n))
 
     def can_create(rel):
         parts = rel.split(b"/")
@@ -353,6 +359,8 @@ def _random_layer(layer, rng, idx, nops, whiteouts, opaques, names, depth,
         elif op == "whiteout":
             fmt = rng.choice(whiteouts)
             parent = rel.rpartition(b"/")[0]
+            if fmt == "oci" and len(rel.rpartition(b"/")[2]) > 251:
+                continue
             if fmt == "oci":
                 wh = (parent + b"/" if parent else b"") + b".wh." + \
                     rel.rpartition(b"/")[2]

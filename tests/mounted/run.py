@@ -23,6 +23,7 @@ import test_cli                     # noqa: E402,F401  (registers tests)
 import test_rules                   # noqa: E402,F401
 import test_stacks                  # noqa: E402,F401
 import test_dirs                    # noqa: E402,F401
+import test_files                   # noqa: E402,F401
 import test_kernel                  # noqa: E402,F401
 
 

@@ -45,6 +45,8 @@ def mount_is_live_when_command_returns(ctx):
         check(fstypes and fstypes[0].startswith("fuse"),
               "mount type %r, want fuse*" % fstypes)
         check(m.daemons, "no daemon process found for %s" % m.mnt)
+        sv = os.statvfs(m.mnt)
+        check(sv.f_bsize > 0, "statvfs: f_bsize %d" % sv.f_bsize)
         pids = list(m.daemons)
     check(not is_mounted(m.mnt), "still mounted after unmount")
     for pid in pids:
@@ -53,30 +55,33 @@ def mount_is_live_when_command_returns(ctx):
               "daemon %d still running" % pid)
 
 
-@test()
-def foreground_mode_serves_until_unmounted(ctx):
+def _foreground(ctx, flag):
+    """Run with -f / -d: stays in the foreground, serves, exits 0 after
+    unmount.  Returns its stderr."""
     s = build(ctx, SMALL)
     mnt = os.path.realpath(ctx.newdir("mnt"))
     opts = "lowerdir=" + ":".join(s.paths)
-    err = open(ctx.newfile("fg.stderr"), "wb")
-    p = subprocess.Popen([PROGRAM, "-f", "-o", opts, mnt],
+    errname = ctx.newfile("fg.stderr")
+    err = open(errname, "wb")
+    p = subprocess.Popen([PROGRAM, flag, "-o", opts, mnt],
                          stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     try:
         deadline = time.monotonic() + 30
         while not is_mounted(mnt):
-            check(p.poll() is None, "-f exited early with %s" % p.returncode)
-            check(time.monotonic() < deadline, "-f: not mounted after 30s")
+            check(p.poll() is None, "%s exited early with %s" % (
+                flag, p.returncode))
+            check(time.monotonic() < deadline, flag + ": not mounted in 30s")
             time.sleep(0.05)
         with open(os.path.join(mnt, "dir/file"), "rb") as f:
             check_eq(f.read(), b"top", "dir/file")
-        check(p.poll() is None, "-f process exited while mounted")
+        check(p.poll() is None, flag + " process exited while mounted")
         r = subprocess.run([FUSERMOUNT, "-u", mnt], capture_output=True)
         check_eq(r.returncode, 0, "fusermount3 -u")
         try:
             rc = p.wait(5)
         except subprocess.TimeoutExpired:
-            raise Fail("-f process still running 5s after unmount")
-        check_eq(rc, 0, "exit status of -f process after unmount")
+            raise Fail(flag + " process still running 5s after unmount")
+        check_eq(rc, 0, "exit status of %s process after unmount" % flag)
     finally:
         if is_mounted(mnt):
             subprocess.run([FUSERMOUNT, "-uz", mnt], capture_output=True)
@@ -84,6 +89,107 @@ def foreground_mode_serves_until_unmounted(ctx):
             p.kill()
             p.wait()
         err.close()
+    return open(errname, "rb").read()
+
+
+@test()
+def foreground_mode_serves_until_unmounted(ctx):
+    _foreground(ctx, "-f")
+
+
+@test()
+def debug_flag_stays_in_foreground_and_logs(ctx):
+    err = _foreground(ctx, "-d")
+    check(len(err) > 0, "-d wrote nothing to stderr")
+
+
+@test()
+def mount_unmount_cycles(ctx):
+    """15 mounts in a row: each is live on return, each daemon exits."""
+    s = build(ctx, SMALL)
+    for k in range(15):
+        with ctx.mount(s.paths) as m:
+            with open(m.path("etc/os-release"), "rb") as f:
+                check_eq(f.read(), b"ID=top", "cycle %d" % k)
+        check(not ctx.errors, "cycle %d: %s" % (k, ctx.errors))
+
+
+@test()
+def mount_command_does_not_hold_caller_pipes(ctx):
+    """Container engines read the mount program's output through pipes: the
+    command must return and the daemon must not keep those pipes open."""
+    s = build(ctx, SMALL)
+    mnt = os.path.realpath(ctx.newdir("mnt"))
+    before = list_pids()
+    p = subprocess.Popen([PROGRAM, "-o", "lowerdir=" + ":".join(s.paths),
+                          mnt], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        try:
+            p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise Fail("stdout/stderr pipes still open 30s after starting "
+                       "(exit status %s)" % p.poll())
+        check_eq(p.returncode, 0, "exit status")
+        check(is_mounted(mnt), "not mounted")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if is_mounted(mnt):
+            subprocess.run([FUSERMOUNT, "-u", mnt], capture_output=True)
+        for pid in list_pids() - before:
+            argv = proc_cmdline(pid) or []
+            if any(os.fsencode(mnt) in a for a in argv):
+                if not wait_exit(pid, 5)[0]:
+                    ctx.error("daemon %d alive 5s after unmount" % pid)
+
+
+@test()
+def two_mounts_of_one_stack_at_once(ctx):
+    from tree import assert_same, dump_tree, reference_dump
+    s = build(ctx, SMALL)
+    want = reference_dump(s.paths)
+    with ctx.mount(s.paths) as a, ctx.mount(s.paths) as b:
+        da, db = dump_tree(a.mnt), dump_tree(b.mnt)
+    assert_same(da, want, "first mount")
+    assert_same(db, want, "second mount")
+
+
+@test()
+def mountpoint_with_space_and_colon(ctx):
+    s = build(ctx, SMALL)
+    mnt = os.path.join(ctx.dir, "mount point:x")
+    os.mkdir(mnt)
+    verify_stack(ctx, s, mnt=mnt)
+
+
+@test()
+def layer_paths_relative_and_through_symlinks(ctx):
+    """lowerdir given relative to the command's cwd, through symlinks
+    (container stores pass short l/<id> links), with trailing slashes and
+    with // and /./ inside."""
+    s = build(ctx, SMALL)
+    base = os.path.dirname(s.paths[0])
+    os.mkdir(os.path.join(base, "l"))
+    links = []
+    for k, p in enumerate(s.paths):
+        link = os.path.join(base, "l", "ID%d" % k)
+        os.symlink(os.path.join("..", os.path.basename(p)), link)
+        links.append(link)
+    from tree import assert_same, dump_tree, reference_dump
+    want = reference_dump(s.paths)
+    for lowers, cwd in (([os.path.basename(p) for p in s.paths], base),
+                        (links, None),
+                        ([p + "/" for p in s.paths], None),
+                        ([os.path.dirname(p) + "//./" + os.path.basename(p)
+                          for p in s.paths], None),
+                        ([os.path.join("l", os.path.basename(l))
+                          for l in links], base)):
+        with ctx.mount(lowers, cwd=cwd) as m:
+            got = dump_tree(m.mnt)
+        assert_same(got, want, "lowerdir=%s (cwd %s)" % (":".join(lowers),
+                                                         cwd))
 
 
 @test()
@@ -124,6 +230,10 @@ def read_only_without_upperdir(ctx):
                 if e.errno != errno.EROFS:
                     fails.append("%s: %s" % (what, errno.errorcode.get(
                         e.errno, e.errno)))
+        if os.access(f, os.W_OK):
+            fails.append("access(W_OK): allowed")
+        if not os.access(f, os.R_OK):
+            fails.append("access(R_OK): denied")
         check(not fails, "want EROFS from every write:\n" + "\n".join(fails))
     after = verify_stack(ctx, s)
     check(before.entries == after.entries, "layers changed by the attempts")
@@ -264,3 +374,24 @@ def bad_input_no_mountpoint(ctx):
 @test()
 def bad_input_dash_o_without_argument(ctx):
     _bad(ctx, [ctx.newdir("mnt"), "-o"], r"(^|\W)-?o\b|'o'|option")
+
+
+@test()
+def device_nodes_and_suid_usable_as_root(ctx):
+    """README: as root, layerfs mounts with suid,dev like kernel overlayfs,
+    so device nodes in an image work."""
+    s = build(ctx, r"""
+c dev/zero 1 5
+c dev/null 1 3
+""")
+    with ctx.mount(s.paths) as m:
+        opts = open("/proc/self/mountinfo").read()
+        line = [l for l in opts.splitlines() if " %s " % m.mnt in l]
+        check(line, "mount not in mountinfo")
+        flags = line[0].split()[5].split(",")
+        check("nodev" not in flags and "nosuid" not in flags,
+              "mount flags %r" % flags)
+        with open(m.path("dev/zero"), "rb") as f:
+            check_eq(f.read(16), bytes(16), "read of dev/zero node")
+        with open(m.path("dev/null"), "wb") as f:
+            f.write(b"discarded")

@@ -111,6 +111,15 @@ def readdir_small_buffer_and_seek(ctx):
                       "after lseek to d_off of entry %d (%s) got %r, want %s"
                       % (k, esc(first[k][0]), nxt[:1] and esc(nxt[0][0]),
                          esc(first[k + 1][0])))
+            # half a listing, caches dropped, then the rest
+            os.lseek(fd, 0, os.SEEK_SET)
+            part = []
+            while len(part) < len(first) // 2:
+                part += getdents(fd, 256)
+            drop_caches()
+            part += read_all(fd, 256)
+            check_eq([n for n, _, _ in part], [n for n, _, _ in first],
+                     "listing interrupted by drop_caches")
             os.lseek(fd, 0, os.SEEK_SET)
             again = read_all(fd, 1024)
             check_eq([n for n, _, _ in again], [n for n, _, _ in first],
@@ -157,6 +166,11 @@ def readdir_concurrently_from_two_threads(ctx):
     check_eq(len(results), 6, "completed listings")
 
 
+def drop_caches():
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")
+
+
 @test()
 def inode_numbers_stable_after_cache_drop(ctx):
     """st_ino of every path stays the same after the kernel drops its
@@ -166,9 +180,7 @@ def inode_numbers_stable_after_cache_drop(ctx):
         first = dump_tree(m.mnt)
         check(not first.problems, "\n".join(first.problems[:10]))
         for _ in range(2):
-            os.sync()
-            with open("/proc/sys/vm/drop_caches", "w") as f:
-                f.write("2")
+            drop_caches()
             changed = []
             for rel, ino in first.inos.items():
                 again = os.lstat(m.path(rel)).st_ino
@@ -180,11 +192,8 @@ def inode_numbers_stable_after_cache_drop(ctx):
     check_eq(second.inos, first.inos, "inode map of second dump")
 
 
-@test()
-def concurrent_stat_and_read_match_reference(ctx):
-    """8 threads lstat/read/readlink/list random paths at once; everything
-    must match the reference and the inode numbers of a first dump."""
-    s = random_stack(ctx, random.Random(500), 8, ops=(15, 30))
+def _concurrent(ctx, seed, opts=(), dropper=False):
+    s = random_stack(ctx, random.Random(seed), 8, ops=(15, 30))
     want = reference_dump(s.paths)
     children = {}
     for rel in want.entries:
@@ -193,9 +202,17 @@ def concurrent_stat_and_read_match_reference(ctx):
             children.setdefault(parent, set()).add(name)
     paths = sorted(want.entries)
     errors = []
-    with ctx.mount(s.paths) as m:
+    stop = threading.Event()
+
+    def drop_loop():
+        while not stop.wait(0.02):
+            drop_caches()
+    with ctx.mount(s.paths, extra_opts=list(opts)) as m:
         first = dump_tree(m.mnt)
         assert_same(first, want)
+        if dropper:
+            dt = threading.Thread(target=drop_loop)
+            dt.start()
 
         def worker(tid):
             rng = random.Random(tid)
@@ -229,6 +246,23 @@ def concurrent_stat_and_read_match_reference(ctx):
             t.start()
         for t in threads:
             t.join(120)
+        stop.set()
+        if dropper:
+            dt.join()
         check(not any(t.is_alive() for t in threads), "threads hung")
     check(not errors, "%d errors:\n%s" % (len(errors),
                                           "\n".join(errors[:15])))
+
+
+@test()
+def concurrent_stat_and_read_match_reference(ctx):
+    """8 threads lstat/read/readlink/list random paths at once; everything
+    must match the reference and the inode numbers of a first dump."""
+    _concurrent(ctx, 500)
+
+
+@test()
+def concurrent_access_with_timeout_0_and_cache_drops(ctx):
+    """The same with nothing cached by the kernel and its caches dropped
+    every 20 ms meanwhile, so lookups and forgets race in the daemon."""
+    _concurrent(ctx, 501, opts=["timeout=0"], dropper=True)

@@ -10,8 +10,8 @@ import os
 import random
 
 from harness import Fail, test
-from layers import (KERNEL_OPAQUES, KERNEL_WHITEOUTS, Stack, build,
-                    make_kernel_compatible, random_stack)
+from layers import (KERNEL_OPAQUES, KERNEL_WHITEOUTS, ODD_NAMES, Stack,
+                    build, make_kernel_compatible, random_stack)
 from tree import assert_same, dump_tree, reference_dump
 
 
@@ -90,7 +90,15 @@ f srv base-file-below-dir
 f var/cache/base-hidden base
 d var/cache/sub
 f odd\x20name\nwith:colon\xff base
+f shared-inode base
+c notwh 0 1
 """)
+    os.chmod(s[0].p(""), 0o750)
+    s[0].xattr("", "user.root", "top")
+    # one inode hard-linked into two layers (deduplicating stores do this)
+    os.link(s[2].p("shared-inode"), s[1].p("var/lib/same-inode"))
+    s[0].file("etc/xw-nonempty", b"data")
+    s[0].xattr("etc/xw-nonempty", "trusted.overlay.whiteout", "y")
     compare_with_kernel(ctx, s)
 
 
@@ -98,6 +106,17 @@ f odd\x20name\nwith:colon\xff base
 def kernel_compare_random_stacks(ctx):
     for seed in range(600, 612):
         s = kernel_random(ctx, seed, random.Random(seed).randint(2, 8))
+        try:
+            compare_with_kernel(ctx, s)
+        except Fail as e:
+            raise Fail("seed %d: %s" % (seed, e))
+
+
+@test(kernel=True)
+def kernel_compare_awkward_names(ctx):
+    for seed in range(620, 626):
+        s = kernel_random(ctx, seed, random.Random(seed).randint(2, 6),
+                          names=ODD_NAMES)
         try:
             compare_with_kernel(ctx, s)
         except Fail as e:

@@ -344,7 +344,12 @@ l dirlink data
 f data/target lower-content
 """)
 
+    long_target = ((b"t" * 200 + b"/") * 21)[:4095]
+    s[0].symlink("long-target", long_target)
+
     def live(m):
+        check_eq(os.readlink(m.path("long-target")), long_target,
+                 "4095-byte symlink target")
         with open(m.path("rel"), "rb") as f:
             check_eq(f.read(), b"top-content", "read through relative link")
         with open(m.path("dirlink/target"), "rb") as f:
@@ -359,7 +364,7 @@ f data/target lower-content
         "rel": "symlink:data/target", "abs": "symlink:/etc/hostname",
         "dangling": "symlink:no/such/thing", "loop1": "symlink:loop2",
         "loop2": "symlink:loop1", "self": "symlink:self",
-        "dirlink": "symlink:data"}, live)
+        "dirlink": "symlink:data", "long-target": "symlink"}, live)
 
 
 @test()
@@ -400,8 +405,12 @@ b dev/loop0 7 0
 p run/fifo
 s run/sock
 c over/x 10 200
+c notwh/c01 0 1
+c notwh/c10 1 0
 --
 f over/x regular
+f notwh/c01 lower
+f notwh/c10 lower
 c dev/zero 1 5
 c dev/null 1 7
 """)
@@ -413,7 +422,8 @@ c dev/null 1 7
     verify_stack(ctx, s, {"dev": "dir", "dev/null": "chr",
                           "dev/loop0": "blk", "dev/zero": "chr", "run": "dir",
                           "run/fifo": "fifo", "run/sock": "sock",
-                          "over": "dir", "over/x": "chr"}, live)
+                          "over": "dir", "over/x": "chr", "notwh": "dir",
+                          "notwh/c01": "chr", "notwh/c10": "chr"}, live)
 
 
 @test()
@@ -447,3 +457,51 @@ f -dash low
         "tab\there": "file:top", "back\\slash": "file:top",
         "dir with :colon": "dir", b"dir with :colon/\xe9t\xe9": "file:top",
         b"dir with :colon/\xc3\xa9": "file:utf8", "-dash": "file:low"}, live)
+
+
+@test()
+def xattr_whiteout_must_be_an_empty_regular_file(ctx):
+    """In a dir marked opaque=x, only zero-size regular files carrying the
+    whiteout xattr are whiteouts; a non-empty file or a directory with the
+    xattr is an ordinary entry (and hides what is below it)."""
+    s = build(ctx, r"""
+wh.xt a/real
+f a/data top-data
+x a/data trusted.overlay.whiteout y
+d a/dir
+x a/dir trusted.overlay.whiteout y
+f a/dir/inside top
+--
+f a/real lower
+f a/data lower-data
+d a/dir
+f a/dir/lower lower
+""")
+
+    def live(m):
+        lstat_enoent(m, "a/real")
+    verify_stack(ctx, s, {"a": "dir", "a/data": "file:top-data",
+                          "a/dir": "dir", "a/dir/inside": "file:top",
+                          "a/dir/lower": "file:lower"}, live)
+
+
+@test()
+def root_dir_attributes_from_top_layer(ctx):
+    s = build(ctx, r"""
+f top
+--
+f low
+""")
+    os.chmod(s[0].p(""), 0o750)
+    os.chown(s[0].p(""), 1000, 100)
+    s[0].xattr("", "user.rootattr", "top")
+    s[1].xattr("", "user.lowattr", "low")
+    os.chmod(s[1].p(""), 0o711)
+
+    def live(m):
+        st = os.stat(m.path())
+        check_eq((st.st_mode & 0o7777, st.st_uid, st.st_gid),
+                 (0o750, 1000, 100), "root mode/uid/gid")
+        check_eq(sorted(os.listxattr(m.path())), ["user.rootattr"],
+                 "root xattrs")
+    verify_stack(ctx, s, {"top": "file", "low": "file"}, live)

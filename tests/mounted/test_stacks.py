@@ -8,17 +8,17 @@ import subprocess
 
 from checks import verify_stack
 from harness import Fail, check, check_eq, test
-from layers import ALL_WHITEOUTS, Stack, random_stack
+from layers import ALL_WHITEOUTS, ODD_NAMES, Stack, random_stack
 from tree import Reference, esc, sha256_of
 
 
-def _seeded(ctx, seeds, nlayers, **kw):
+def _seeded(ctx, seeds, nlayers, mount_opts=(), **kw):
     for seed in seeds:
         rng = random.Random(seed)
         n = nlayers if isinstance(nlayers, int) else rng.randint(*nlayers)
         s = random_stack(ctx, rng, n, **kw)
         try:
-            verify_stack(ctx, s)
+            verify_stack(ctx, s, extra_opts=list(mount_opts))
         except Fail as e:
             raise Fail("seed %d (%d layers): %s" % (seed, n, e))
 
@@ -30,12 +30,26 @@ def single_layer_stack(ctx):
 
 @test()
 def random_stacks_of_2_to_6_layers(ctx):
-    _seeded(ctx, range(10, 30), (2, 6))
+    _seeded(ctx, range(10, 50), (2, 6), ops=(2, 20))
 
 
 @test()
 def random_stacks_of_16_layers(ctx):
-    _seeded(ctx, [100, 101, 102], 16)
+    _seeded(ctx, range(100, 106), 16)
+
+
+@test()
+def random_stacks_with_timeout_0(ctx):
+    """timeout=0: the kernel caches nothing, so every stat and lookup of the
+    dump reaches the daemon."""
+    _seeded(ctx, range(30, 40), (2, 6), mount_opts=["timeout=0"])
+
+
+@test()
+def random_stacks_with_awkward_names(ctx):
+    """Spaces, colons, newlines, non-UTF-8 and 255-byte names colliding
+    across layers."""
+    _seeded(ctx, range(800, 808), (2, 6), names=ODD_NAMES)
 
 
 @test(timeout=180)
@@ -53,11 +67,11 @@ def stack_of_1000_layers(ctx):
     for i, L in enumerate(s.layers):
         L.file("shared/cfg", b"from layer %d" % i)
         L.file("per/l%d/f" % i, b"%d" % i)
-        L.file("common/n%03d" % i, b"n%d" % i)
+        L.file("usr/share/common/n%03d" % i, b"n%d" % i)
         if i % 10 == 3:
             L.whiteout("per/l%d" % (i + 5), ALL_WHITEOUTS[(i // 10) % 4])
         if i % 97 == 5:
-            L.whiteout("common/n%03d" % (i + 2), "chr")
+            L.whiteout("usr/share/common/n%03d" % (i + 2), "chr")
         if i % 50 == 7:
             L.opaque("deep/o", ("t", "u", "oci")[(i // 50) % 3])
             L.file("deep/o/f%d" % i, b"opaque %d" % i)
@@ -67,8 +81,9 @@ def stack_of_1000_layers(ctx):
     def live(m):
         with open(m.path("shared/cfg"), "rb") as f:
             check_eq(f.read(), b"from layer 0", "shared/cfg")
-        common = os.listdir(m.path("common"))
-        check_eq(len(common), n - len(range(5, n, 97)), "entries in common/")
+        common = os.listdir(m.path("usr/share/common"))
+        check_eq(len(common), n - len(range(5, n, 97)),
+                 "entries in usr/share/common/")
         check_eq(sorted(os.listdir(m.path("deep/o"))),
                  [b"f7", b"g0"], "deep/o (opaque in layer 7)")
     verify_stack(ctx, s, live=live)
@@ -152,6 +167,28 @@ def sparse_file_of_1gib(ctx):
     check_eq(n, size, "bytes read")
     check_eq(got_sha, want_sha, "sha256 of 1 GiB file")
     check_eq(got_ext, want_ext, "SEEK_DATA/SEEK_HOLE extents")
+
+
+@test()
+def reads_beyond_4gib_offsets(ctx):
+    """Offsets past 2^32 in a 6 GiB sparse file: pread and SEEK_DATA."""
+    size = 6 << 30
+    marks = [((4 << 30) + 123, b"past four GiB"), ((11 << 29) + 7, b"5.5")]
+    s = Stack(ctx, 1)
+    s[0].sparse("huge", size, marks)
+    with ctx.mount(s.paths) as m:
+        fd = os.open(m.path("huge"), os.O_RDONLY)
+        try:
+            check_eq(os.fstat(fd).st_size, size, "st_size")
+            for off, data in marks:
+                check_eq(os.pread(fd, len(data), off), data,
+                         "pread at %d" % off)
+            check_eq(os.pread(fd, 10, size - 5), bytes(5), "read at EOF")
+            got = os.lseek(fd, 4 << 30, os.SEEK_DATA)
+            check(got <= marks[0][0] < os.lseek(fd, got, os.SEEK_HOLE),
+                  "SEEK_DATA from 4 GiB gave %d" % got)
+        finally:
+            os.close(fd)
 
 
 @test()

@@ -99,6 +99,23 @@ def _add_link_groups(entries, keys):
 
 # ---------------------------------------------------------------- mount dump
 
+def _dtype_of(entry):
+    """The d_type readdir gave, as far as DirEntry reveals it without a
+    stat call (DT_UNKNOWN makes it stat, which then agrees trivially)."""
+    if entry.is_symlink():
+        return "symlink"
+    if entry.is_dir(follow_symlinks=False):
+        return "dir"
+    if entry.is_file(follow_symlinks=False):
+        return "file"
+    return "other"
+
+
+def _dtype_of_mode(mode):
+    t = ftype(mode)
+    return t if t in ("symlink", "dir", "file") else "other"
+
+
 class Dump:
     def __init__(self, entries, inos, problems):
         self.entries = entries      # rel -> fields
@@ -123,14 +140,18 @@ def dump_tree(root, hide_private=False, check_inodes=True, full_path_recheck=Tru
         while stack:
             rel = stack.pop()
             with os.scandir(pre + rel) as it:
-                ents = [(os.fsencode(e.name), e.inode()) for e in it]
-            for name, d_ino in ents:
+                ents = [(os.fsencode(e.name), e.inode(), _dtype_of(e))
+                        for e in it]
+            for name, d_ino, dtype in ents:
                 crel = rel + b"/" + name
                 path = pre + crel
                 st = os.lstat(path)
                 if check_inodes and d_ino != st.st_ino:
                     problems.append("%s: readdir d_ino %d != st_ino %d" % (
                         esc(crel), d_ino, st.st_ino))
+                if dtype != _dtype_of_mode(st.st_mode):
+                    problems.append("%s: readdir d_type says %s, lstat %s" % (
+                        esc(crel), dtype, _dtype_of_mode(st.st_mode)))
                 entries[crel] = describe(path, st, hide_private)
                 inos[crel] = st.st_ino
                 if stat.S_ISDIR(st.st_mode):
