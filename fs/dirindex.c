@@ -7,8 +7,8 @@
  * stack.  The merge rules applied here are README.md's "Union rules":
  *   - the first layer (top-most) to show a name provides it;
  *   - a whiteout hides the name in every layer below it;
- *   - a directory merges with same-named directories below it until a
- *     non-directory or whiteout of that name (merge_closed), and its own
+ *   - a directory merges with same-named directories below it down to a
+ *     non-directory or whiteout of that name (merge_limit), and its own
  *     index later stops at the first opaque layer.
  * Whiteouts stay in the hash (they answer negative lookups) but not in the
  * visible list that readdir walks.
@@ -55,6 +55,7 @@ static int entry_add(struct lfs_dirindex *index,
 
 	if (!e)
 		return -ENOMEM;
+	e->merge_limit = UINT32_MAX;
 	memcpy(e->name, c->name, len + 1);
 	lfs_hash_oom = false;
 	HASH_ADD_KEYPTR(hh, index->by_name, e->name, len, e);
@@ -102,24 +103,28 @@ static int index_apply(struct lfs_dirindex *index,
 		}
 		return entry_set_object(e, c, layer, real_ino);
 	}
-	if (e->layer == layer) {
+	if (e->is_whiteout && e->layer == layer && !is_whiteout) {
 		/* Both "x" and ".wh.x" in one layer: the whiteout applies to
 		 * the layers below, the real entry is what this layer shows. */
-		if (is_whiteout) {
-			e->merge_closed = true;
-			return 0;
-		}
 		r = entry_set_object(e, c, layer, real_ino);
-		e->merge_closed = true;
+		e->merge_limit = layer;
 		return r;
 	}
-	/* A lower layer: it only matters to a directory still merging. */
-	if (e->is_whiteout || e->type != DT_DIR || e->merge_closed)
+	/* Otherwise only a directory still merging cares. */
+	if (e->is_whiteout || e->type != DT_DIR || layer > e->merge_limit)
 		return 0;
-	if (is_whiteout || c->type != DT_DIR) {
-		e->merge_closed = true;
+	if (is_whiteout) {
+		/* Hides the layers below; this layer's own "x" still counts,
+		 * whichever of the two readdir returned first. */
+		e->merge_limit = layer;
 		return 0;
 	}
+	if (c->type != DT_DIR) {
+		e->merge_limit = layer - 1;    /* layer > e->layer >= 0 */
+		return 0;
+	}
+	if (layer == e->layer)
+		return 0;
 	return layer_list_append(&e->dir_layers, layer);
 }
 

@@ -70,7 +70,8 @@ struct lfs_entry {
 	uint32_t layer;        /* top-most layer providing the name */
 	unsigned char type;    /* DT_* */
 	bool is_whiteout;      /* the name is hidden: lookups fail */
-	bool merge_closed;     /* dir: a lower non-dir/whiteout ends merging */
+	uint32_t merge_limit;  /* dir: the lowest layer that may still merge
+				  (a lower whiteout or non-dir sets it) */
 	struct lfs_layer_list dir_layers;  /* dir: candidate layers */
 	struct lfs_node *node; /* live node for this name or NULL;
 				  protected by the directory node's mu */

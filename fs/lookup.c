@@ -12,6 +12,24 @@
 
 #include "layerfs_i.h"
 
+/*
+ * A directory merged from several layers has no meaningful link count;
+ * like kernel overlayfs, it reports 1 ("unknown" to find(1)).  Whether it
+ * is merged depends on its own opacity, which its index knows: a directory
+ * with several candidate layers is indexed now, as its first lookup inside
+ * would do anyway.
+ */
+static bool is_merged_dir(struct lfs_fs *fs, struct lfs_node *node)
+{
+	struct lfs_dirindex *index;
+
+	if (!node->dir_layers || node->dir_layers->n < 2)
+		return false;
+	if (lfs_node_index(fs, node, &index) < 0)
+		return true;
+	return index->n_layers_read > 1;
+}
+
 /* Attributes of the object that node's top-most layer provides. */
 static int node_stat(struct lfs_fs *fs, struct lfs_node *node,
 		     struct stat *ret_st)
@@ -26,9 +44,7 @@ static int node_stat(struct lfs_fs *fs, struct lfs_node *node,
 		    AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	st.st_ino = node->ino;
-	/* A directory merged from several layers has no meaningful link
-	 * count; like kernel overlayfs, report 1 ("unknown" to find(1)). */
-	if (S_ISDIR(st.st_mode) && node->dir_layers && node->dir_layers->n > 1)
+	if (S_ISDIR(st.st_mode) && is_merged_dir(fs, node))
 		st.st_nlink = 1;
 	*ret_st = st;
 	return 0;
