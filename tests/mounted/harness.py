@@ -9,6 +9,7 @@ unmount, a daemon that crashed), which turns a pass into a failure.
 import ctypes
 import errno
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,9 @@ PROGRAM = os.environ.get("LAYERFS") or os.path.join(REPO, "bin", "layerfs")
 FUSERMOUNT = shutil.which("fusermount3") or "fusermount3"
 
 DAEMON_EXIT_GRACE = 5.0     # seconds a daemon may take to exit after unmount
+# Mount programs start with the usual default soft fd limit (the runner
+# raises its own): a daemon that needs more (1,000 layers) must raise it.
+DEFAULT_NOFILE_SOFT = 1024
 MOUNT_CMD_TIMEOUT = 120.0   # seconds the mount command may take to return
 
 
@@ -212,7 +216,7 @@ class Mount:
 
     def __init__(self, ctx, lowers, mnt=None, upper=None, work=None,
                  extra_opts=(), kernel=False, cwd=None, program=None,
-                 args=()):
+                 args=(), nofile=None):
         self.ctx = ctx
         self.lowers = [os.fsdecode(l) for l in lowers]
         self.mnt = os.path.realpath(mnt or ctx.newdir("mnt"))
@@ -222,6 +226,7 @@ class Mount:
         self.cwd = cwd
         self.program = program or PROGRAM
         self.args = list(args)
+        self.nofile = nofile
         self.daemons = []
         self.mounted = False
         self.stderr = ""
@@ -263,7 +268,8 @@ class Mount:
             try:
                 res = subprocess.run(self.command(), stdin=subprocess.DEVNULL,
                                      stdout=err, stderr=err, cwd=self.cwd,
-                                     timeout=MOUNT_CMD_TIMEOUT)
+                                     timeout=MOUNT_CMD_TIMEOUT,
+                                     preexec_fn=fd_limit(self.nofile))
                 rc = res.returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout after %ds" % MOUNT_CMD_TIMEOUT
@@ -352,11 +358,24 @@ class Mount:
                     pass
 
 
+def fd_limit(limits=None):
+    """preexec_fn giving a child RLIMIT_NOFILE `limits` (soft, hard), by
+    default the usual soft limit of 1024 under the current hard limit."""
+    def apply():
+        soft, hard = limits or (None, None)
+        cur_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        hard = hard or cur_hard
+        soft = soft or min(DEFAULT_NOFILE_SOFT, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return apply
+
+
 def run_program(args, timeout=60, cwd=None):
     """Run the mount program with args; returns (rc, stdout+stderr text)."""
     try:
         r = subprocess.run([PROGRAM] + list(args), stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=timeout, cwd=cwd)
+                           capture_output=True, timeout=timeout, cwd=cwd,
+                           preexec_fn=fd_limit())
     except subprocess.TimeoutExpired as e:
         return "timeout", (e.stdout or b"").decode(errors="replace") + \
             (e.stderr or b"").decode(errors="replace")

@@ -18,6 +18,7 @@ needed (mode 0755).
                             .overlay.whiteout; marks the parent dir
                             {trusted,user}.overlay.opaque=x
     wh.xt.nomark PATH       the same file but the parent is not marked
+    wh.xu.nomark PATH       (so it is a plain empty file)
     opq PATH / opq.u PATH   opaque dir via trusted/user.overlay.opaque=y
     opq.oci PATH            opaque dir via a .wh..wh..opq entry
     x PATH NAME VALUE       set an xattr
@@ -115,23 +116,30 @@ class Layer:
     def chown(self, rel, uid, gid):
         os.chown(self.p(rel), uid, gid, follow_symlinks=False)
 
+    @staticmethod
+    def _conflicts(marks, mark):
+        """A dir is either opaque (y marks, OCI marker) or holds xattr
+        whiteouts (one x mark) or holds unmarked whiteout-xattr files
+        ("nox"); mixing would make cases the contract does not define."""
+        def group(m):
+            return "x" if m.startswith("x:") else "nox" if m == "nox" else "y"
+        for m in marks:
+            if group(m) == "x" and group(mark) == "x" and m != mark:
+                return True
+            if {group(m), group(mark)} in ({"x", "y"}, {"x", "nox"}):
+                return True
+        return False
+
     def _mark(self, rel, mark):
-        """Record an opaque-xattr use on a dir.  A dir is either opaque
-        (y marks, OCI marker) or holds xattr whiteouts (one x mark); mixing
-        would make a case the contract does not define."""
         rel = _b(rel).strip(b"/")
         marks = self.marks.setdefault(rel, set())
-        is_x = mark.startswith("x:")
-        if any(m.startswith("x:") != is_x or (is_x and m != mark)
-               for m in marks):
+        if self._conflicts(marks, mark):
             raise ValueError("conflicting opaque marks on %r" % rel)
         marks.add(mark)
 
     def can_mark(self, rel, mark):
-        marks = self.marks.get(_b(rel).strip(b"/"), set())
-        is_x = mark.startswith("x:")
-        return not any(m.startswith("x:") != is_x or (is_x and m != mark)
-                       for m in marks)
+        return not self._conflicts(self.marks.get(_b(rel).strip(b"/"), set()),
+                                   mark)
 
     def whiteout(self, rel, fmt="chr", mark=True):
         rel = self.parents(rel)
@@ -142,10 +150,13 @@ class Layer:
             self.file((parent + b"/" if parent else b"") + b".wh." + name)
         elif fmt in ("xt", "xu"):
             ns = b"trusted" if fmt == "xt" else b"user"
+            if mark:
+                self._mark(parent, "x:" + ns.decode())
+            else:
+                self._mark(parent, "nox")
             self.file(rel)
             self.xattr(rel, ns + b".overlay.whiteout", b"y")
             if mark:
-                self._mark(parent, "x:" + ns.decode())
                 os.setxattr(self.p(parent), ns + b".overlay.opaque", b"x")
         else:
             raise ValueError(fmt)
@@ -234,8 +245,8 @@ def apply_spec(layer, lines, index):
             layer.whiteout(args[0], "oci")
         elif op in ("wh.xt", "wh.xu"):
             layer.whiteout(args[0], op[3:])
-        elif op == "wh.xt.nomark":
-            layer.whiteout(args[0], "xt", mark=False)
+        elif op in ("wh.xt.nomark", "wh.xu.nomark"):
+            layer.whiteout(args[0], op[3:5], mark=False)
         elif op == "opq":
             layer.opaque(args[0], "t")
         elif op == "opq.u":
@@ -317,9 +328,47 @@ def _random_layer(layer, rng, idx, nops, whiteouts, opaques, names, depth,
         ["whiteout"] * 4 + ["opaque"] * 2 + ["xattr"] * 2 + ["chown"]
     if specials:
         ops += ["special"]
+    if "oci" in whiteouts:
+        ops += ["self-whiteout", "reserved"]
+    if {"xt", "xu"} & set(whiteouts):
+        ops += ["unmarked-xattr"]
+    if rng.random() < 0.15:             # opaque layer root: ignored
+        fmt = rng.choice(opaques)
+        layer.opaque(b"", fmt)
+        if fmt == "oci":
+            kinds[b".wh..wh..opq"] = "other"
     for _ in range(nops):
         op = rng.choice(ops)
         rel = pick_path()
+        if op == "self-whiteout":
+            # an OCI whiteout next to an entry of the same name
+            cands = [p for p, k in kinds.items() if k in ("file", "dir")
+                     and len(p.rpartition(b"/")[2]) <= 251]
+            if not cands:
+                continue
+            p = rng.choice(sorted(cands))
+            parent, _, name = p.rpartition(b"/")
+            wh = (parent + b"/" if parent else b"") + b".wh." + name
+            if wh not in kinds:
+                layer.file(wh)
+                kinds[wh] = "other"
+            continue
+        if op == "reserved":
+            # .wh. names that are no whiteouts: never shown either
+            parent = rel.rpartition(b"/")[0]
+            for name in (b".wh..wh.plnk/1234.5678", b".wh."):
+                r = (parent + b"/" if parent else b"") + name
+                if can_create(r):
+                    layer.file(r, b"reserved")
+                    created(r, "other")
+            continue
+        if op == "unmarked-xattr":
+            fmt = rng.choice([f for f in whiteouts if f in ("xt", "xu")])
+            parent = rel.rpartition(b"/")[0]
+            if can_create(rel) and layer.can_mark(parent, "nox"):
+                layer.whiteout(rel, fmt, mark=False)
+                created(rel, "other")
+            continue
         if op in ("xattr", "chown"):
             if not kinds:
                 continue
@@ -392,41 +441,62 @@ def _random_layer(layer, rng, idx, nops, whiteouts, opaques, names, depth,
 
 
 def make_kernel_compatible(stack):
-    """Remove whiteouts the kernel would show as plain entries although they
-    hide nothing: whiteouts in the bottom layer, and whiteouts inside a
-    directory that only one layer contributes to (the kernel reads such a
-    directory directly and lists the whiteout, while lookup hides it)."""
+    """Remove entries the kernel shows inconsistently (listed by readdir but
+    failing lookup), none of which is needed to hide anything:
+    * whiteouts in the bottom layer;
+    * whiteouts inside a directory only one layer contributes to (the
+      kernel reads such a directory directly and lists the whiteout);
+    * zero-size files with trusted.overlay.whiteout in a directory not
+      marked opaque=x (kernel lookup treats them as whiteouts anyway)."""
     from tree import Reference
     n = len(stack)
-    with Reference(stack.paths) as ref:
+    # unmarked ones first: removing them changes what is visible below
+    for layer in stack.layers:
+        for rel, kind in _whiteouts_in(layer):
+            if kind == "xattr" and not _marked_x(layer,
+                                                 rel.rpartition(b"/")[0]):
+                os.unlink(layer.p(rel))
+    while True:
         doomed = []
-        for i, layer in enumerate(stack.layers):
-            for rel, is_wh in _whiteouts_in(layer):
-                parent = rel.rpartition(b"/")[0]
-                prov = ref.resolve(b"/" + parent if parent else b"")
-                contrib = [j for j, _ in prov]
-                if i == n - 1 or (i in contrib and len(contrib) == 1):
-                    doomed.append((layer, rel))
-    for layer, rel in doomed:
-        os.unlink(layer.p(rel))
+        with Reference(stack.paths) as ref:
+            for i, layer in enumerate(stack.layers):
+                for rel, kind in _whiteouts_in(layer):
+                    parent = rel.rpartition(b"/")[0]
+                    prov = ref.resolve(b"/" + parent if parent else b"")
+                    contrib = [j for j, _ in prov]
+                    if i == n - 1 or (i in contrib and len(contrib) == 1):
+                        doomed.append((layer, rel))
+        if not doomed:
+            return
+        for layer, rel in doomed:
+            os.unlink(layer.p(rel))
+
+
+def _marked_x(layer, rel):
+    try:
+        return os.getxattr(layer.p(rel), b"trusted.overlay.opaque",
+                           follow_symlinks=False) == b"x"
+    except OSError:
+        return False
 
 
 def _whiteouts_in(layer):
-    """(rel, True) for each whiteout-like entry (char 0/0 or a regular file
-    with an overlay.whiteout xattr) in a layer."""
+    """(rel, "chr" | "xattr") for each whiteout-like entry in a layer: a
+    char device 0/0, or a zero-size regular file carrying
+    trusted.overlay.whiteout."""
     out = []
     stack = [b""]
     while stack:
         rel = stack.pop()
-        for name in os.listdir(layer.p(rel) if rel else layer.p(b"")):
+        for name in os.listdir(layer.p(rel)):
             crel = rel + b"/" + name if rel else name
             st = os.lstat(layer.p(crel))
             if stat.S_ISDIR(st.st_mode):
                 stack.append(crel)
             elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                out.append((crel, True))
-            elif stat.S_ISREG(st.st_mode) and st.st_size == 0 and any(
-                    n.startswith(b"trusted.overlay.whiteout") for n in
-                    (os.fsencode(x) for x in os.listxattr(layer.p(crel)))):
-                out.append((crel, True))
+                out.append((crel, "chr"))
+            elif stat.S_ISREG(st.st_mode) and st.st_size == 0 and \
+                    b"trusted.overlay.whiteout" in (
+                        os.fsencode(x) for x in os.listxattr(layer.p(crel))):
+                out.append((crel, "xattr"))
     return out

@@ -9,7 +9,7 @@ import time
 
 from checks import verify_stack
 from harness import (FUSERMOUNT, PROGRAM, Fail, check, check_eq,
-                     expect_errno, is_mounted, list_pids, mounts, mounts_at,
+                     expect_errno, fd_limit, is_mounted, list_pids, mounts, mounts_at,
                      proc_cmdline, run_program, test, wait_exit)
 from layers import build
 
@@ -64,7 +64,8 @@ def _foreground(ctx, flag):
     errname = ctx.newfile("fg.stderr")
     err = open(errname, "wb")
     p = subprocess.Popen([PROGRAM, flag, "-o", opts, mnt],
-                         stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+                         stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                         preexec_fn=fd_limit())
     try:
         deadline = time.monotonic() + 30
         while not is_mounted(mnt):
@@ -123,7 +124,7 @@ def mount_command_does_not_hold_caller_pipes(ctx):
     before = list_pids()
     p = subprocess.Popen([PROGRAM, "-o", "lowerdir=" + ":".join(s.paths),
                           mnt], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+                         stderr=subprocess.PIPE, preexec_fn=fd_limit())
     try:
         try:
             p.communicate(timeout=30)

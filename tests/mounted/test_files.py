@@ -2,10 +2,11 @@
 many files open at once, concurrent preads, lookup errors."""
 
 import errno
-import hashlib
+import json
 import mmap
 import os
 import random
+import subprocess
 import threading
 
 from harness import Fail, check, check_eq, expect_errno, test
@@ -57,14 +58,15 @@ def reads_at_random_offsets_and_mmap(ctx):
 
 @test()
 def many_files_open_at_once(ctx):
-    """3,000 files open together, read in interleaved small pieces."""
+    """3,000 files open together, read in interleaved small pieces, by a
+    daemon held to 256 file descriptors (soft and hard limit)."""
     s = Stack(ctx, 3)
     want = {}
     for k in range(3000):
         data = (b"%05d:" % k) * (100 + k % 50)
         s[k % 3].file("many/d%02d/f%04d" % (k % 30, k), data)
         want["many/d%02d/f%04d" % (k % 30, k)] = data
-    with ctx.mount(s.paths) as m:
+    with ctx.mount(s.paths, nofile=(256, 256)) as m:
         fds = {}
         try:
             for rel in sorted(want):
@@ -147,3 +149,59 @@ f dir/inner
                      what="second lstat absent")
         check_eq(os.lstat(m.path("dir/inner")).st_size, len(b"dir/inner@1"),
                  "dir/inner size")
+
+
+_AS_OTHER_USER = r"""
+import errno, json, os, sys
+mnt = sys.argv[1]
+res = {}
+def t(name, fn):
+    try:
+        fn()
+        res[name] = "ok"
+    except OSError as e:
+        res[name] = errno.errorcode.get(e.errno, str(e.errno))
+t("read secret", lambda: open(mnt + "/secret", "rb").read())
+t("read public", lambda: open(mnt + "/public", "rb").read())
+t("read own 0600", lambda: open(mnt + "/mine", "rb").read())
+t("list private dir", lambda: os.listdir(mnt + "/private"))
+t("stat in private dir", lambda: os.stat(mnt + "/private/inner"))
+t("list public dir", lambda: os.listdir(mnt + "/pubdir"))
+t("exec non-executable", lambda: os.execv(mnt + "/public", ["x"]))
+print(json.dumps(res))
+"""
+
+
+@test()
+def permissions_enforced_for_other_users(ctx):
+    """A non-root user sees the layers' permission bits enforced, as on
+    kernel overlayfs (the mount is shared with other users as root)."""
+    python = "/usr/bin/python3"
+    if not os.access(python, os.X_OK):
+        from harness import Skip
+        raise Skip("no /usr/bin/python3 for the unprivileged child")
+    s = build(ctx, r"""
+f secret shadow 600
+f public hello 644
+d private 700
+f private/inner x 644
+d pubdir 755
+f pubdir/x y
+--
+f mine mine 600
+o mine 65534 65534
+f secret lower-readable 644
+""")
+    for d in (os.path.dirname(ctx.dir), ctx.dir):
+        os.chmod(d, 0o711)
+    with ctx.mount(s.paths) as m:
+        r = subprocess.run([python, "-c", _AS_OTHER_USER, m.mnt],
+                           user=65534, group=65534, extra_groups=[],
+                           capture_output=True, timeout=60)
+    check_eq(r.returncode, 0, "child status (%s)" % r.stderr.decode()[-300:])
+    got = json.loads(r.stdout)
+    want = {"read secret": "EACCES", "read public": "ok",
+            "read own 0600": "ok", "list private dir": "EACCES",
+            "stat in private dir": "EACCES", "list public dir": "ok",
+            "exec non-executable": "EACCES"}
+    check_eq(got, want, "results as uid 65534")

@@ -505,3 +505,52 @@ f low
         check_eq(sorted(os.listxattr(m.path())), ["user.rootattr"],
                  "root xattrs")
     verify_stack(ctx, s, {"top": "file", "low": "file"}, live)
+
+
+@test()
+def name_next_to_its_own_oci_whiteout_is_shown(ctx):
+    """OCI: a whiteout applies to lower layers only.  A layer holding both
+    `name` and `.wh.name` shows its own `name` and nothing below it."""
+    s = build(ctx, r"""
+f a/top
+--
+d a
+f a/mid
+wh.oci a
+f b mid-b
+wh.oci b
+wh.oci c
+d c
+f c/mid
+opq.oci c
+--
+f a/bottom
+d b
+f b/x
+f c/bottom
+""")
+
+    def live(m):
+        lstat_enoent(m, "a/bottom")
+        lstat_enoent(m, ".wh.a")
+    verify_stack(ctx, s, {"a": "dir", "a/top": "file", "a/mid": "file",
+                          "b": "file:mid-b", "c": "dir", "c/mid": "file"},
+                 live)
+
+
+@test()
+def opacity_of_a_layer_root_is_ignored(ctx):
+    s = build(ctx, r"""
+f top
+--
+opq .
+f mid
+--
+opq.oci .
+f low
+--
+opq.u .
+f bottom
+""")
+    verify_stack(ctx, s, {"top": "file", "mid": "file", "low": "file",
+                          "bottom": "file"})

@@ -204,7 +204,10 @@ class Reference:
     * a lower non-directory under a higher directory stops the merge;
     * whiteouts: char 0/0, OCI .wh.<name>, zero-size regular file with
       {trusted,user}.overlay.whiteout when its parent dir in that layer has
-      {trusted,user}.overlay.opaque=x;
+      {trusted,user}.overlay.opaque=x; an OCI whiteout applies to lower
+      layers only, so a name next to its own .wh.<name> is shown (and
+      nothing below it);
+    * the opacity of a layer's root directory is ignored (as in the kernel);
     * opaque: {trusted,user}.overlay.opaque=y, or a .wh..wh..opq entry;
     * names starting with .wh. never show; overlay xattrs are hidden.
     """
@@ -269,9 +272,12 @@ class Reference:
         found = []
         for i in contributors:
             names = self.listing(i, parent)
-            if WH_PREFIX + name in names:
-                break
+            # an OCI whiteout hides the name in the layers below; an entry
+            # of the same name in the whiteout's own layer still counts
+            oci_wh = WH_PREFIX + name in names
             if name not in names:
+                if oci_wh:
+                    break
                 continue
             st = os.lstat(self.p(i, parent + b"/" + name))
             if self.is_whiteout(i, parent, name, st):
@@ -281,7 +287,7 @@ class Reference:
                     found.append((i, st))
                 break
             found.append((i, st))
-            if self.is_opaque(i, parent + b"/" + name):
+            if oci_wh or self.is_opaque(i, parent + b"/" + name):
                 break
         return found
 
