@@ -39,7 +39,7 @@ class Result:
         self.bad = bad
 
 
-def fmt(v, unit=None):
+def fmt(v):
     if v is None:
         return "n/a"
     if v >= 100:
@@ -161,7 +161,8 @@ class Report:
                      f"{'quick' if m['quick'] else 'full'} run, {m['seconds']:.0f} s")
         prog = m["layerfs_program"]
         lines.append(f"layerfs column: {prog}"
-                     + ("  (from $LAYERFS)" if m["layerfs_from_env"] else ""))
+                     + ("  (from $LAYERFS)" if m["layerfs_from_env"] else "")
+                     + (f"  [{m['layerfs_build']}]" if m["layerfs_build"] else ""))
         sh = m["shape"]
         lines.append(f"stacks: bottom layer {sh['bottom_files']} files + a {sh['big_mib']} MiB "
                      f"file, {sh['layer_ops']} changes per upper layer; lists of "

@@ -91,7 +91,7 @@ class System:
     def is_fuse(self):
         return self.name != "kernel"
 
-    def _command(self, stack, mnt):
+    def command(self, stack, mnt):
         if self.name == "kernel":
             names = stack.short_names_top_first()
             if len(names) == 1:
@@ -118,7 +118,7 @@ class Mount:
         os.makedirs(self.mnt, exist_ok=True)
         if is_mounted(self.mnt):
             raise MountError(f"{self.mnt} is already a mount point")
-        cmd, cwd = self.system._command(self.stack, self.mnt)
+        cmd, cwd = self.system.command(self.stack, self.mnt)
         self._before = set(_children())
         t0 = time.perf_counter()
         try:
