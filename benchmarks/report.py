@@ -15,10 +15,6 @@ The targets (from the layerfs performance issue):
   T5  mount at 128 layers in a third of fuse-overlayfs's time
 """
 
-PEERS = ("kernel", "fuse-overlayfs")
-SYSTEMS = ("layerfs",) + PEERS
-SHORT = {"layerfs": "layerfs", "kernel": "kernel", "fuse-overlayfs": "fuse-ovl"}
-
 TARGETS = {
     "T1": "every cold figure at 128 layers >= 3x as fast as fuse-overlayfs",
     "T2": "bottom-only and negative lookups at 128 layers >= kernel overlayfs (cold and warm)",
