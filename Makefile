@@ -74,7 +74,7 @@ build/bench/%: benchmarks/%.c build/liblayerfs-core.a
 
 # The core must compile without libfuse: no core file may include a FUSE header.
 core-is-fuse-free:
-	@! grep -l 'include.*fuse' $(CORE_SRCS) fs/*_i.h include/*.h 2>/dev/null | grep . \
+	@! grep -lE '^#[[:space:]]*include.*fuse' $(CORE_SRCS) fs/layerfs_i.h include/*.h | grep . \
 	  || { echo "core files above include FUSE headers" >&2; exit 1; }
 
 check: all build/unit_tests core-is-fuse-free
