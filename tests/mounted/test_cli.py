@@ -267,6 +267,27 @@ def unknown_options_accepted_with_warning(ctx):
 
 
 @test()
+def option_order_and_repeated_dash_o(ctx):
+    """fuse-overlayfs command lines also come as `MNT -o OPTS` and with
+    several -o arguments."""
+    s = build(ctx, SMALL)
+    from tree import assert_same, dump_tree, reference_dump
+    want = reference_dump(s.paths)
+    low = "lowerdir=" + ":".join(s.paths)
+    for args, where in ((["-o", low, "-o", "timeout=5"], "before"),
+                        (["-o", low], "after"),
+                        (["-o", low, "-o", "volatile"], "after")):
+        m = ctx.mount([], args=args)
+        if where == "after":
+            m.command = lambda m=m, a=args: [PROGRAM, m.mnt] + a
+        else:
+            m.command = lambda m=m, a=args: [PROGRAM] + a + [m.mnt]
+        with m:
+            got = dump_tree(m.mnt)
+        assert_same(got, want, " ".join(m.command())[-200:])
+
+
+@test()
 def timeout_option_accepted(ctx):
     s = build(ctx, SMALL)
     verify_stack(ctx, s, extra_opts=["timeout=2"])

@@ -97,6 +97,10 @@ c notwh 0 1
     s[0].xattr("", "user.root", "top")
     # one inode hard-linked into two layers (deduplicating stores do this)
     os.link(s[2].p("shared-inode"), s[1].p("var/lib/same-inode"))
+    from test_rules import CAP_NET_RAW_XATTR
+    s[0].file("bin/ping", b"ELF", 0o4755)
+    s[0].xattr("bin/ping", "security.capability", CAP_NET_RAW_XATTR)
+    s[1].sparse("sparse", 10 << 20, [(5 << 20, b"data")])
     s[0].file("etc/xw-nonempty", b"data")
     s[0].xattr("etc/xw-nonempty", "trusted.overlay.whiteout", "y")
     compare_with_kernel(ctx, s)

@@ -329,6 +329,27 @@ f b
     verify_stack(ctx, s, {"a": "file:top", "b": "file", "dir": "dir"}, live)
 
 
+# struct vfs_cap_data, revision 2, effective, permitted cap_net_raw (13)
+CAP_NET_RAW_XATTR = (0x02000001).to_bytes(4, "little") + \
+    (1 << 13).to_bytes(4, "little") + bytes(12)
+
+
+@test()
+def security_capability_xattr_passes_through(ctx):
+    """File capabilities in an image (ping's cap_net_raw) survive."""
+    s = build(ctx, r"""
+f bin/ping ELF 755
+--
+f bin/ping lower 755
+""")
+    s[0].xattr("bin/ping", "security.capability", CAP_NET_RAW_XATTR)
+
+    def live(m):
+        check_eq(os.getxattr(m.path("bin/ping"), "security.capability"),
+                 CAP_NET_RAW_XATTR, "security.capability")
+    verify_stack(ctx, s, {"bin": "dir", "bin/ping": "file:ELF"}, live)
+
+
 @test()
 def symlinks_relative_absolute_dangling_looping(ctx):
     s = build(ctx, r"""

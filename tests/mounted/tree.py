@@ -73,6 +73,7 @@ def describe(path, st, hide_private):
     if t in ("file", "symlink"):
         e["size"] = st.st_size
     if t == "file":
+        e["blocks"] = st.st_blocks
         digest, n = sha256_of(path)
         e["sha256"] = digest
         if n != st.st_size:
