@@ -13,7 +13,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -121,6 +120,29 @@ def proc_state(pid):
     return chr(data[data.rindex(b")") + 2])
 
 
+def proc_ppid(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2:].split()[1])
+
+
+def is_descendant(pid):
+    """True if pid is a child, grandchild... of this process.  Only those
+    are ever waited for or killed (as a subreaper we also inherit the
+    daemons that the mount programs we ran left behind)."""
+    me = os.getpid()
+    for _ in range(64):
+        pid = proc_ppid(pid)
+        if pid is None or pid <= 1:
+            return False
+        if pid == me:
+            return True
+    return False
+
+
 def has_fuse_fd(pid):
     try:
         for fd in os.listdir("/proc/%d/fd" % pid):
@@ -205,6 +227,9 @@ def is_mounted(path):
 
 # ---------------------------------------------------------------- mounts
 
+MNT = object()      # placeholder for the mount point in a Mount's argv
+
+
 def escape_lower(path):
     return os.fsdecode(os.fsencode(path).replace(b":", b"\\:"))
 
@@ -216,7 +241,7 @@ class Mount:
 
     def __init__(self, ctx, lowers, mnt=None, upper=None, work=None,
                  extra_opts=(), kernel=False, cwd=None, program=None,
-                 args=(), nofile=None):
+                 args=(), nofile=None, argv=None):
         self.ctx = ctx
         self.lowers = [os.fsdecode(l) for l in lowers]
         self.mnt = os.path.realpath(mnt or ctx.newdir("mnt"))
@@ -227,6 +252,7 @@ class Mount:
         self.program = program or PROGRAM
         self.args = list(args)
         self.nofile = nofile
+        self.argv = argv        # full argument list, MNT marks the mount point
         self.daemons = []
         self.mounted = False
         self.stderr = ""
@@ -244,6 +270,9 @@ class Mount:
         if self.kernel:
             return ["mount", "-t", "overlay", "overlay", "-o",
                     self.options(), self.mnt]
+        if self.argv is not None:
+            return [self.program] + [self.mnt if a is MNT else a
+                                     for a in self.argv]
         return [self.program] + self.args + ["-o", self.options(), self.mnt]
 
     def __enter__(self):
@@ -291,7 +320,7 @@ class Mount:
         mnt = os.fsencode(self.mnt)
         found = []
         for pid in sorted(list_pids() - before):
-            if pid == os.getpid():
+            if pid == os.getpid() or not is_descendant(pid):
                 continue
             argv = proc_cmdline(pid)
             if argv is None:

@@ -10,7 +10,7 @@ import stat
 import threading
 
 from checks import verify_stack
-from harness import Fail, check, check_eq, test
+from harness import check, check_eq, test
 from layers import Stack, random_stack
 from tree import assert_same, dump_tree, esc, reference_dump
 

@@ -4,8 +4,8 @@ an explicit expected listing and against the reference flattening."""
 import errno
 import os
 
-from checks import expect_tree, lstat_enoent, verify_stack
-from harness import Fail, check, check_eq, expect_errno, test
+from checks import lstat_enoent, verify_stack
+from harness import check, check_eq, expect_errno, test
 from layers import build
 
 

@@ -1,7 +1,6 @@
 """Generated stacks: random stacks of 1..128 layers, 1,000 layers, layer
 directory layouts, sparse files, paths near PATH_MAX, inode numbers."""
 
-import hashlib
 import os
 import random
 import subprocess
@@ -9,7 +8,7 @@ import subprocess
 from checks import verify_stack
 from harness import Fail, check, check_eq, test
 from layers import ALL_WHITEOUTS, ODD_NAMES, Stack, random_stack
-from tree import Reference, esc, sha256_of
+from tree import sha256_of
 
 
 def _seeded(ctx, seeds, nlayers, mount_opts=(), **kw):
