@@ -194,8 +194,9 @@ class Stack:
             name = hashlib.sha256(b"layer %d" % i).hexdigest()
         elif naming == "sha-diff":
             name = hashlib.sha256(b"layer %d" % i).hexdigest() + "/diff"
-        elif naming == "colon":
-            name = "layer:%d:x" % i
+        elif naming == "colon":      # colons inside, leading, trailing, doubled
+            name = ("layer:%d:x", ":lead%d", "trail%d:", "a::b%d",
+                    "sp ace:%d")[i % 5] % i
         else:
             raise ValueError(naming)
         return os.path.join(self.base, name)

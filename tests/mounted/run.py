@@ -3,9 +3,16 @@
 
     tests/mounted/run.py [-k SUBSTRING]... [--list] [--keep]
 
-Prints one line per test: PASS name / FAIL name (+ indented reason) /
-SKIP name.  LAYERFS=<program> selects the mount program (default
-bin/layerfs); LAYERFS_TEST_TIMES=1 prints each test's duration.
+Prints one line per test: PASS name / FAIL name (+ indented reason and the
+mount command's stderr) / SKIP name (reason).  Environment:
+  LAYERFS=<program>        mount program (default bin/layerfs), e.g.
+                           LAYERFS=fuse-overlayfs
+  LAYERFS_TEST_TIMES=1     print each test's duration
+  LAYERFS_SUITE_BUDGET=S   fail the remaining tests unrun after S seconds
+                           (default 1200)
+Tests need root and /dev/fuse (otherwise every test is a SKIP line); the
+kernel comparisons also need `mount -t overlay` (else SKIP).  --keep keeps
+the temp dirs (/tmp/layerfs-mt.*) of failed tests.
 """
 
 import argparse

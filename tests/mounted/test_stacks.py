@@ -105,7 +105,7 @@ def layer_dirs_named_sha256(ctx):
 
 @test()
 def layer_paths_containing_colons(ctx):
-    s = random_stack(ctx, random.Random(302), 4, naming="colon")
+    s = random_stack(ctx, random.Random(302), 6, naming="colon")
     check(":" in s.paths[0], "layer path has no colon")
     verify_stack(ctx, s)
 
