@@ -128,6 +128,28 @@ static int index_apply(struct lfs_dirindex *index,
 	return layer_list_append(&e->dir_layers, layer);
 }
 
+/* Read one layer's copy of the directory from its index cache. */
+static int index_read_cached(struct lfs_dirindex *index,
+			     const struct lfs_layercache *cache, uint32_t layer,
+			     const char *relpath, bool is_root,
+			     bool *ret_opaque)
+{
+	struct lfs_cached_dir dir;
+	struct lfs_classified c;
+	uint64_t ino;
+	int r;
+
+	if (!lfs_layercache_find_dir(cache, relpath, &dir))
+		return 0;    /* as a live read finding no directory */
+	while (lfs_cached_dir_next(&dir, &c, &ino) > 0) {
+		r = index_apply(index, &c, layer, ino);
+		if (r < 0)
+			return r;
+	}
+	*ret_opaque = dir.opaque && !is_root;
+	return 0;
+}
+
 /* Read one layer's copy of the directory into the index. */
 static int index_read_layer(struct lfs_dirindex *index,
 			    const struct lfs_layer *L, uint32_t layer,
@@ -207,10 +229,11 @@ static int index_make_visible_list(struct lfs_dirindex *index)
 	return 0;
 }
 
-int lfs_dirindex_build(const struct lfs_stack *stack, const char *relpath,
+int lfs_dirindex_build(struct lfs_fs *fs, const char *relpath,
 		       const struct lfs_layer_list *candidates, bool is_root,
 		       struct lfs_dirindex **ret)
 {
+	const struct lfs_stack *stack = fs->stack;
 	struct lfs_dirindex *index = calloc(1, sizeof(*index));
 	int r = 0;
 
@@ -220,8 +243,11 @@ int lfs_dirindex_build(const struct lfs_stack *stack, const char *relpath,
 		uint32_t layer = candidates->layers[i];
 		bool opaque = false;
 
-		r = index_read_layer(index, &stack->layers[layer], layer,
-				     relpath, is_root, &opaque);
+		struct lfs_layercache *cache = lfs_fs_layercache(fs, layer);
+		r = cache ? index_read_cached(index, cache, layer, relpath,
+					      is_root, &opaque)
+			  : index_read_layer(index, &stack->layers[layer], layer,
+					     relpath, is_root, &opaque);
 		if (r < 0)
 			goto fail;
 		index->n_layers_read = i + 1;

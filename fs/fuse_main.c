@@ -32,6 +32,8 @@ static void usage(FILE *out)
 		"  lowerdir   layers, top-most first; \\: escapes a colon\n"
 		"  upperdir   writable layer (with workdir on the same filesystem)\n"
 		"  timeout    seconds the kernel may cache names and attributes\n"
+		"  index_cache=DIR|off  where digest-named layers' directory\n"
+		"             indexes are kept between mounts\n"
 		"  -f         stay in the foreground;  -d  log every request\n");
 }
 
@@ -190,6 +192,31 @@ static char *fuse_mount_options(const struct lfs_options *o, bool read_only)
 	return s;
 }
 
+/*
+ * Where layer index caches live (fs/layercache.c): index_cache=DIR, or
+ * by default the system cache for root and the user's cache otherwise.
+ * Returns NULL for "off" or when no place is known; *ret_owned is freed
+ * by the caller.
+ */
+static const char *index_cache_dir(const struct lfs_options *o,
+				   char **ret_owned)
+{
+	const char *base;
+
+	*ret_owned = NULL;
+	if (o->index_cache)
+		return strcmp(o->index_cache, "off") == 0 ? NULL : o->index_cache;
+	if (getuid() == 0)
+		return "/var/cache/layerfs/index";
+	if ((base = getenv("XDG_CACHE_HOME")) && base[0] == '/')
+		return asprintf(ret_owned, "%s/layerfs/index", base) < 0
+			       ? NULL : *ret_owned;
+	if ((base = getenv("HOME")) && base[0] == '/')
+		return asprintf(ret_owned, "%s/.cache/layerfs/index", base) < 0
+			       ? NULL : *ret_owned;
+	return NULL;
+}
+
 /* Tell the waiting parent how it went: "" for success, else a message. */
 static void report(int fd, const char *msg)
 {
@@ -257,6 +284,8 @@ static int serve(const struct lfs_options *o, struct lfs_fuse *ctx,
 		detach_stdio();
 		report(report_fd, "");
 	}
+	/* After the fork: threads do not survive one. */
+	lfs_fs_start_background(ctx->fs);
 	loop = fuse_loop_cfg_create();
 	if (!loop) {
 		r = 1;
@@ -354,12 +383,19 @@ int main(int argc, char *argv[])
 		r = check_dir("workdir", opts.workdir, err);
 	if (r == 0)
 		r = open_stack(&opts, &stack, err);
+	/* The upper layer changes: it is never known by a digest. */
+	if (r == 0 && opts.upperdir)
+		stack->layers[0].digest[0] = '\0';
+	char *cache_dir_owned = NULL;
 	if (r == 0) {
 		struct lfs_fs_config config = {
 			.read_only = true,
 			.max_data_fds = data_fd_budget(fd_limit, stack->n_layers),
+			.index_cache_dir = index_cache_dir(&opts,
+							   &cache_dir_owned),
 		};
 		r = lfs_fs_new(&ctx.fs, stack, &config);
+		free(cache_dir_owned);
 		if (r < 0) {
 			snprintf(err, sizeof(err), "%s", strerror(-r));
 			lfs_stack_free(stack);

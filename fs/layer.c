@@ -83,6 +83,8 @@ static int layer_open(struct lfs_layer *L, const char *path,
 		return -e;
 	}
 	L->dev = st.st_dev;
+	L->root_ino = st.st_ino;
+	L->root_ctime = st.st_ctim;
 	/* Engines pass short symlinks to layers (containers/storage's
 	 * l/<id>): the digest is in the name of what they point to. */
 	char *real = NULL;

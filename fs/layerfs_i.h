@@ -55,6 +55,34 @@ int lfs_whiteout_classify(int dir_fd, const struct lfs_dir_marks *marks,
 bool lfs_whiteout_is_reserved_name(const char *name);
 
 /* ------------------------------------------------------------------ */
+/* layercache.c: a digest-named layer's directories, recorded once     */
+
+struct lfs_layercache;
+
+/* A cursor over one recorded directory. */
+struct lfs_cached_dir {
+	const struct lfs_layercache *cache;  /* borrowed */
+	bool opaque;
+	uint32_t remaining;
+	size_t next_off;
+};
+
+/* -ENOENT: no cache; -ESTALE/-EBADMSG: one that must not be used. */
+int lfs_layercache_load(const char *cache_dir, const struct lfs_layer *L,
+			struct lfs_layercache **ret);
+void lfs_layercache_free(struct lfs_layercache *cache);
+/* 1 and *ret set if the layer has directory relpath, else 0. */
+int lfs_layercache_find_dir(const struct lfs_layercache *cache,
+			    const char *relpath, struct lfs_cached_dir *ret);
+/* 1 and the next recorded entry (name borrowed from the cache), or 0. */
+int lfs_cached_dir_next(struct lfs_cached_dir *dir, struct lfs_classified *ret,
+			uint64_t *ret_ino);
+/* Walk the layer and write its cache file atomically; stops early with
+ * -ECANCELED when *stop becomes true. */
+int lfs_layercache_build(const char *cache_dir, const struct lfs_layer *L,
+			 const atomic_bool *stop);
+
+/* ------------------------------------------------------------------ */
 /* dirindex.c: one merged directory, indexed by name                   */
 
 /* A layer list: the layers whose same-named directories merge into one
@@ -87,8 +115,9 @@ struct lfs_dirindex {
 };
 
 /* Build the index of the directory at relpath over the candidate layers
- * (top-most first).  is_root disables opacity, as in kernel overlayfs. */
-int lfs_dirindex_build(const struct lfs_stack *stack, const char *relpath,
+ * (top-most first), from each layer's index cache where fs has one, else
+ * by readdir.  is_root disables opacity, as in kernel overlayfs. */
+int lfs_dirindex_build(struct lfs_fs *fs, const char *relpath,
 		       const struct lfs_layer_list *candidates, bool is_root,
 		       struct lfs_dirindex **ret);
 void lfs_dirindex_free(struct lfs_dirindex *index);
@@ -152,8 +181,22 @@ struct lfs_fs {
 	struct lfs_node *root;          /* owned */
 	struct lfs_inomap inomap;
 	struct lfs_fs_config config;
+	char *index_cache_dir;          /* owned copy of config's, or NULL */
 	atomic_uint n_data_fds;         /* cached data fds open, see file.c */
+
+	/* Layer index caches, loaded on first use (layer_cache_mu). */
+	_Atomic(struct lfs_layercache *) *layer_caches;  /* owned, n_layers */
+	atomic_bool *layer_cache_tried;                   /* owned, n_layers */
+	pthread_mutex_t layer_cache_mu;
+
+	/* The background cache builder (lfs_fs_start_background). */
+	pthread_t builder;
+	bool builder_running;
+	atomic_bool builder_stop;
 };
+
+/* The index cache of layer, loaded on first use; NULL if it has none. */
+struct lfs_layercache *lfs_fs_layercache(struct lfs_fs *fs, uint32_t layer);
 
 /* file.c: give back node's cached data fd when the node dies. */
 void lfs_node_close_data_fd(struct lfs_fs *fs, struct lfs_node *node);

@@ -25,6 +25,10 @@ static bool is_merged_dir(struct lfs_fs *fs, struct lfs_node *node)
 
 	if (!node->dir_layers || node->dir_layers->n < 2)
 		return false;
+	/* The root's opacity is ignored: every layer merges into it, and a
+	 * stat of the mount (which engines do first) reads no directory. */
+	if (!node->parent)
+		return true;
 	if (lfs_node_index(fs, node, &index) < 0)
 		return true;
 	return index->n_layers_read > 1;

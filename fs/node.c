@@ -150,7 +150,7 @@ int lfs_node_index(struct lfs_fs *fs, struct lfs_node *node,
 		char path[PATH_MAX];
 		r = lfs_node_path(node, path, sizeof(path));
 		if (r == 0)
-			r = lfs_dirindex_build(fs->stack, path, node->dir_layers,
+			r = lfs_dirindex_build(fs, path, node->dir_layers,
 					       node->parent == NULL, &index);
 		if (r == 0)
 			atomic_store_explicit(&node->index, index,

@@ -202,6 +202,11 @@ static int parse_one(struct lfs_options *o, const char *opt,
 		return set_string(KEY_IS("upperdir") ? &o->upperdir
 						     : &o->workdir, value);
 	}
+	if (KEY_IS("index_cache")) {
+		if (!value || value[0] == '\0')
+			return fail(err, "option index_cache: needs =DIR or =off");
+		return set_string(&o->index_cache, value);
+	}
 	if (KEY_IS("timeout")) {
 		if (!value)
 			return fail(err, "option timeout: needs =SECONDS");
@@ -306,5 +311,6 @@ void lfs_options_free(struct lfs_options *o)
 	free(o->upperdir);
 	free(o->workdir);
 	free(o->mountpoint);
+	free(o->index_cache);
 	memset(o, 0, sizeof(*o));
 }

@@ -44,6 +44,8 @@ struct lfs_options {
 	char *upperdir;        /* owned or NULL */
 	char *workdir;         /* owned or NULL */
 	char *mountpoint;      /* owned */
+	char *index_cache;     /* owned; index cache dir, "off", or NULL for
+				  the default */
 	double timeout;        /* kernel cache timeout, seconds */
 	bool foreground;       /* -f */
 	bool debug;            /* -d: libfuse request log, implies -f */
@@ -75,6 +77,8 @@ struct lfs_layer {
 	char *path;           /* owned; as given by the user */
 	char digest[65];      /* sha256 hex naming the layer, or "" */
 	dev_t dev;            /* st_dev of the layer root */
+	ino_t root_ino;       /* st_ino of the layer root */
+	struct timespec root_ctime;  /* validates the layer's index cache */
 	uint32_t fs_index;    /* which distinct filesystem (for st_ino) */
 };
 
@@ -102,12 +106,20 @@ struct lfs_node;
 struct lfs_fs_config {
 	bool read_only;       /* no upper layer: every change is EROFS */
 	unsigned max_data_fds;  /* budget of cached per-node data fds */
+	const char *index_cache_dir;  /* borrowed; NULL: no layer index cache */
 };
 
 /* Takes ownership of stack on success. */
 int lfs_fs_new(struct lfs_fs **ret, struct lfs_stack *stack,
 	       const struct lfs_fs_config *config);
 void lfs_fs_free(struct lfs_fs *fs);
+
+/* Start the background work of a mount: recording, at idle I/O priority,
+ * the index cache of each digest-named layer that has none yet (used from
+ * the next mount on).  Call after any fork(); lfs_fs_free stops it. */
+int lfs_fs_start_background(struct lfs_fs *fs);
+/* Wait until the background work is done (tests, tools). */
+void lfs_fs_finish_background(struct lfs_fs *fs);
 
 struct lfs_node *lfs_fs_root(struct lfs_fs *fs);
 const struct lfs_stack *lfs_fs_stack(const struct lfs_fs *fs);
