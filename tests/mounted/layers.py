@@ -176,24 +176,48 @@ class Layer:
 
 
 class Stack:
-    """An ordered list of layers (top-most first)."""
+    """An ordered list of layers (top-most first).
+
+    Digest-named layers ("sha": <digest>, "sha-diff": <digest>/diff) are
+    built under a temporary name and renamed when their paths are first
+    asked for: the digest is the sha256 of the layer's canonical dump (all
+    names, types, metadata, contents, xattrs) and its position, so a layer
+    name never stands for two different contents, as in a real store
+    (layerfs may key caches by it)."""
 
     def __init__(self, ctx, n, naming="plain", base=None):
         self.base = base or ctx.newdir("layers")
+        self.naming = naming
+        self.sealed = naming not in ("sha", "sha-diff")
         self.layers = []
         for i in range(n):
             self.layers.append(Layer(self._name(i, naming)))
         ctx.on_cleanup(self.close)
 
+    def seal(self):
+        """Rename digest-named layers to the digest of their content."""
+        from tree import dump_tree
+        if self.sealed:
+            return
+        self.sealed = True
+        for i, layer in enumerate(self.layers):
+            top = os.path.join(self.base, "pending-%04d" % i)
+            d = dump_tree(layer.root, check_inodes=False)
+            digest = hashlib.sha256(b"%d\n%r" % (
+                i, sorted(d.entries.items()))).hexdigest()
+            os.rename(top, os.path.join(self.base, digest))
+            layer.root = os.fsencode(os.path.join(self.base, digest)) + (
+                b"/diff" if self.naming == "sha-diff" else b"")
+
     def _name(self, i, naming):
-        if naming == "plain":
+        if naming in ("sha", "sha-diff"):
+            # renamed to <digest> by seal()
+            name = "pending-%04d" % i + ("/diff" if naming == "sha-diff"
+                                          else "")
+        elif naming == "plain":
             name = "L%04d" % i
         elif naming == "short":         # kernel mounts with relative names
             name = "%d" % i
-        elif naming == "sha":
-            name = hashlib.sha256(b"layer %d" % i).hexdigest()
-        elif naming == "sha-diff":
-            name = hashlib.sha256(b"layer %d" % i).hexdigest() + "/diff"
         elif naming == "colon":      # colons inside, leading, trailing, doubled
             name = ("layer:%d:x", ":lead%d", "trail%d:", "a::b%d",
                     "sp ace:%d")[i % 5] % i
@@ -203,6 +227,7 @@ class Stack:
 
     @property
     def paths(self):
+        self.seal()
         return [os.fsdecode(l.root) for l in self.layers]
 
     def __getitem__(self, i):
