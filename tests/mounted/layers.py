@@ -180,10 +180,11 @@ class Stack:
 
     Digest-named layers ("sha": <digest>, "sha-diff": <digest>/diff) are
     built under a temporary name and renamed when their paths are first
-    asked for: the digest is the sha256 of the layer's canonical dump (all
-    names, types, metadata, contents, xattrs) and its position, so a layer
-    name never stands for two different contents, as in a real store
-    (layerfs may key caches by it)."""
+    asked for: the digest is the sha256 of the layer's canonical dump
+    (names, types, modes, owners, contents, xattrs, links; not times) and
+    its position, so a digest never stands for two different contents and
+    a seeded stack gets the same digests in every run, as in a real store
+    (layerfs keys its index cache by digest)."""
 
     def __init__(self, ctx, n, naming="plain", base=None):
         self.base = base or ctx.newdir("layers")
@@ -203,8 +204,10 @@ class Stack:
         for i, layer in enumerate(self.layers):
             top = os.path.join(self.base, "pending-%04d" % i)
             d = dump_tree(layer.root, check_inodes=False)
-            digest = hashlib.sha256(b"%d\n%r" % (
-                i, sorted(d.entries.items()))).hexdigest()
+            content = sorted((rel, sorted((k, v) for k, v in e.items()
+                                          if k not in ("mtime", "blocks")))
+                             for rel, e in d.entries.items())
+            digest = hashlib.sha256(b"%d\n%r" % (i, content)).hexdigest()
             os.rename(top, os.path.join(self.base, digest))
             layer.root = os.fsencode(os.path.join(self.base, digest)) + (
                 b"/diff" if self.naming == "sha-diff" else b"")
