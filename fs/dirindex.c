@@ -180,8 +180,7 @@ static int index_read_layer(struct lfs_dirindex *index,
 		return r;
 	}
 	struct dirent *de;
-	errno = 0;
-	while ((de = readdir(dir)) != NULL) {
+	for (errno = 0; (de = readdir(dir)) != NULL; errno = 0) {
 		const char *name = de->d_name;
 		struct lfs_classified c;
 
@@ -203,7 +202,6 @@ static int index_read_layer(struct lfs_dirindex *index,
 		r = index_apply(index, &c, layer, de->d_ino);
 		if (r < 0)
 			goto out;
-		errno = 0;
 	}
 	r = errno ? -errno : 0;
 out:

@@ -128,6 +128,25 @@ static int check_mountpoint(const char *mnt, char err[LFS_ERRLEN])
 	return 0;
 }
 
+/* Make *path absolute: the daemon moves to "/", and libfuse unmounts by
+ * the path it was given.  dir need not exist yet. */
+static int make_absolute(char **path, char err[LFS_ERRLEN])
+{
+	char cwd[PATH_MAX], *abs;
+
+	if ((*path)[0] == '/')
+		return 0;
+	if (!getcwd(cwd, sizeof(cwd)) ||
+	    asprintf(&abs, "%s/%s", cwd, *path) < 0) {
+		snprintf(err, LFS_ERRLEN, "%s: cannot make the path absolute",
+			 *path);
+		return -ENOMEM;
+	}
+	free(*path);
+	*path = abs;
+	return 0;
+}
+
 static int check_dir(const char *what, const char *path, char err[LFS_ERRLEN])
 {
 	struct stat st;
@@ -182,13 +201,15 @@ static char *fuse_mount_options(const struct lfs_options *o, bool read_only)
 		return NULL;
 	/* Image content holds setuid binaries and device nodes; honour them
 	 * when root mounts, as the kernel's overlay does. */
-	snprintf(s, len, "fsname=layerfs,subtype=layerfs,default_permissions%s%s",
-		 getuid() == 0 ? ",allow_other,suid,dev" : "",
-		 read_only ? ",ro" : "");
+	snprintf(s, len, "fsname=layerfs,subtype=layerfs,default_permissions%s",
+		 getuid() == 0 ? ",allow_other,suid,dev" : "");
 	for (size_t i = 0; i < o->n_fuse_opts; i++) {
 		strcat(s, ",");
 		strcat(s, o->fuse_opts[i]);
 	}
+	/* Last, so that a user's "rw" cannot undo it. */
+	if (read_only)
+		strcat(s, ",ro");
 	return s;
 }
 
@@ -377,6 +398,10 @@ int main(int argc, char *argv[])
 	rlim_t fd_limit = raise_fd_limit();
 
 	r = check_mountpoint(opts.mountpoint, err);
+	if (r == 0)
+		r = make_absolute(&opts.mountpoint, err);
+	if (r == 0 && opts.index_cache && strcmp(opts.index_cache, "off") != 0)
+		r = make_absolute(&opts.index_cache, err);
 	if (r == 0 && opts.upperdir)
 		r = check_dir("upperdir", opts.upperdir, err);
 	if (r == 0 && opts.workdir)
@@ -411,7 +436,6 @@ int main(int argc, char *argv[])
 			" writes are not supported yet\n", opts.upperdir);
 	ctx.timeout = opts.timeout;
 	ctx.read_only = true;
-	ctx.zero_message_open = ctx.read_only;
 
 	int report_fd = opts.foreground ? -1 : daemonize();
 	r = serve(&opts, &ctx, report_fd);

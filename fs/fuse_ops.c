@@ -49,7 +49,13 @@ static void fill_entry(struct lfs_fuse *f, struct fuse_entry_param *e,
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
+	struct lfs_fuse *f = userdata;
+
+	/* Skipping OPEN/OPENDIR needs the kernel to take ENOSYS for "no
+	 * handle needed" (Linux 4.20 and 5.1); older ones would fail them. */
+	f->zero_message_open = f->read_only &&
+			       (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) &&
+			       (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT);
 	/* Read replies splice the layer file's pages straight to the kernel. */
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
 		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
@@ -165,9 +171,11 @@ static size_t add_plain(fuse_req_t req, char *buf, size_t room,
 	return fuse_add_direntry(req, buf, room, d->name, &st, d->next_off);
 }
 
+/* Add one entry with its attributes.  The lookup count it gives the
+ * kernel is recorded in *ret_node, to be taken back if the reply fails. */
 static size_t add_plus(fuse_req_t req, char *buf, size_t room,
 		       struct lfs_node *dir, const struct lfs_dirent *d,
-		       int *ret_err)
+		       struct lfs_node **ret_node)
 {
 	struct lfs_fuse *f = ctx(req);
 	struct fuse_entry_param e = { 0 };
@@ -177,19 +185,17 @@ static size_t add_plus(fuse_req_t req, char *buf, size_t room,
 
 	if (need > room)
 		return 0;
-	if (dot) {
-		/* No lookup count for "." and "..": ino 0 tells the kernel
-		 * not to make an entry of it. */
+	struct stat st;
+	*ret_node = NULL;
+	if (!dot && lfs_lookup(f->fs, dir, d->name, &node, &st) == 0) {
+		fill_entry(f, &e, node, &st);
+		*ret_node = node;
+	} else {
+		/* "." and "..", or a name that cannot be looked up now (a
+		 * path too long, say): listed without attributes.  Ino 0
+		 * tells the kernel to make no entry, so no count is taken. */
 		e.attr.st_ino = d->ino;
 		e.attr.st_mode = DTTOIF(d->type);
-	} else {
-		struct stat st;
-		int r = lfs_lookup(f->fs, dir, d->name, &node, &st);
-		if (r < 0) {
-			*ret_err = r;
-			return 0;
-		}
-		fill_entry(f, &e, node, &st);
 	}
 	return fuse_add_direntry_plus(req, buf, room, d->name, &e, d->next_off);
 }
@@ -207,34 +213,46 @@ static int dir_entry(fuse_req_t req, struct lfs_node *node,
 static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size,
 			   off_t off, struct fuse_file_info *fi, bool plus)
 {
+	struct lfs_fuse *f = ctx(req);
 	struct lfs_node *dir = node_of(req, ino);
 	char *buf = malloc(size);
-	size_t pos = 0;
+	/* Every entry takes at least 24 bytes, so size/24 bounds the nodes
+	 * a readdirplus reply can hand out. */
+	struct lfs_node **given = plus ? calloc(size / 24 + 1, sizeof(*given))
+				       : NULL;
+	size_t pos = 0, n_given = 0;
 	int r = 0;
 
-	if (!buf) {
+	if (!buf || (plus && !given)) {
+		free(buf);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	for (;;) {
 		struct lfs_dirent d;
+		struct lfs_node *node = NULL;
 		size_t added;
 
 		r = dir_entry(req, dir, fi, off, &d);
 		if (r <= 0)
 			break;
-		added = plus ? add_plus(req, buf + pos, size - pos, dir, &d, &r)
+		added = plus ? add_plus(req, buf + pos, size - pos, dir, &d, &node)
 			     : add_plain(req, buf + pos, size - pos, &d);
+		if (node)
+			given[n_given++] = node;
 		if (added == 0)
 			break;
 		pos += added;
 		off = d.next_off;
 	}
-	/* An error after some entries is reported by the next call. */
+	/* An error after some entries is reported by the next call.  If the
+	 * reply does not reach the kernel, its lookup counts are void. */
 	if (r < 0 && pos == 0)
 		reply_err(req, r);
-	else
-		fuse_reply_buf(req, buf, pos);
+	else if (fuse_reply_buf(req, buf, pos) != 0)
+		for (size_t i = 0; i < n_given; i++)
+			lfs_node_unref(f->fs, given[i], 1);
+	free(given);
 	free(buf);
 }
 
@@ -492,6 +510,31 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	fuse_reply_err(req, EROFS);
 }
 
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		     size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)ino, (void)buf, (void)size, (void)off, (void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
+			 off_t offset, off_t length, struct fuse_file_info *fi)
+{
+	(void)ino, (void)mode, (void)offset, (void)length, (void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in,
+			       off_t off_in, struct fuse_file_info *fi_in,
+			       fuse_ino_t ino_out, off_t off_out,
+			       struct fuse_file_info *fi_out, size_t len,
+			       int flags)
+{
+	(void)ino_in, (void)off_in, (void)fi_in, (void)ino_out, (void)off_out;
+	(void)fi_out, (void)len, (void)flags;
+	fuse_reply_err(req, EROFS);
+}
+
 const struct fuse_lowlevel_ops lfs_fuse_ops = {
 	.init = op_init,
 	.lookup = op_lookup,
@@ -525,4 +568,7 @@ const struct fuse_lowlevel_ops lfs_fuse_ops = {
 	.create = op_create,
 	.setxattr = op_setxattr,
 	.removexattr = op_removexattr,
+	.write = op_write,
+	.fallocate = op_fallocate,
+	.copy_file_range = op_copy_file_range,
 };

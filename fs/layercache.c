@@ -14,8 +14,8 @@
  *   per dir  struct dir_record, the dir's path ("." for the root) + NUL,
  *            then n_entries times: struct entry_record, name + NUL
  * A cache is used only if its digest and the layer root's device, inode
- * and ctime match, and every record lies inside the file; anything else
- * counts as no cache.  Files are written under a temporary name and
+ * and ctime match, every record lies inside the file and every name is one
+ * readdir could return; anything else counts as no cache.  Files are written under a temporary name and
  * renamed into place, so a reader never sees half a file.
  */
 #include <dirent.h>
@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -69,7 +68,9 @@ struct cached_dir {
 };
 
 struct lfs_layercache {
-	const uint8_t *map;        /* owned mapping of the whole file */
+	const uint8_t *map;        /* owned copy of the whole file (read, not
+				      mapped: a file cut short under us must
+				      not raise SIGBUS in the daemon) */
 	size_t size;
 	struct cached_dir *dirs;   /* owned; uthash by path */
 };
@@ -87,6 +88,15 @@ static bool header_matches(const struct file_header *h, size_t size,
 	       h->root_ino == (uint64_t)L->root_ino &&
 	       h->root_ctime_sec == (int64_t)L->root_ctime.tv_sec &&
 	       h->root_ctime_nsec == (int64_t)L->root_ctime.tv_nsec;
+}
+
+/* A name readdir could have returned: 1..NAME_MAX bytes, NUL-terminated
+ * right after them, no '/', not "." or "..". */
+static bool is_valid_name(const char *name, size_t len)
+{
+	return len > 0 && len <= NAME_MAX && name[len] == '\0' &&
+	       memchr(name, '\0', len) == NULL && memchr(name, '/', len) == NULL &&
+	       strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
 }
 
 /* Index every directory record; -EBADMSG if any lies outside the file. */
@@ -123,8 +133,9 @@ static int cache_index_dirs(struct lfs_layercache *c, uint32_t n_dirs)
 				return -EBADMSG;
 			memcpy(&er, c->map + off, sizeof(er));
 			off += sizeof(er);
-			if (er.name_len == 0 || er.name_len >= c->size - off ||
-			    c->map[off + er.name_len] ||
+			if (er.name_len >= c->size - off ||
+			    !is_valid_name((const char *)c->map + off,
+					   er.name_len) ||
 			    (er.kind != LFS_ENTRY_OBJECT &&
 			     er.kind != LFS_ENTRY_WHITEOUT))
 				return -EBADMSG;
@@ -148,27 +159,29 @@ int lfs_layercache_load(const char *cache_dir, const struct lfs_layer *L,
 	if (snprintf(path, sizeof(path), "%s/%s.idx", cache_dir, L->digest) >=
 	    (int)sizeof(path))
 		return -ENAMETOOLONG;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO planted there must not hang the mount. */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
 		return -errno;
-	if (fstat(fd, &st) < 0 || (size_t)st.st_size < sizeof(h) ||
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    (size_t)st.st_size < sizeof(h) ||
 	    pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
 	    !header_matches(&h, (size_t)st.st_size, L)) {
 		close(fd);
 		return -ESTALE;
 	}
-	if (!(c = calloc(1, sizeof(*c)))) {
+	if (!(c = calloc(1, sizeof(*c))) ||
+	    !(c->map = malloc((size_t)st.st_size))) {
+		free(c);
 		close(fd);
 		return -ENOMEM;
 	}
 	c->size = (size_t)st.st_size;
-	c->map = mmap(NULL, c->size, PROT_READ, MAP_PRIVATE, fd, 0);
+	r = pread(fd, (void *)c->map, c->size, 0) == (ssize_t)c->size
+		    ? 0 : -ESTALE;
 	close(fd);
-	if (c->map == MAP_FAILED) {
-		free(c);
-		return -ENOMEM;
-	}
-	r = cache_index_dirs(c, h.n_dirs);
+	if (r == 0)
+		r = cache_index_dirs(c, h.n_dirs);
 	if (r < 0) {
 		lfs_layercache_free(c);
 		return r;
@@ -187,7 +200,7 @@ void lfs_layercache_free(struct lfs_layercache *c)
 		HASH_DEL(c->dirs, d);
 		free(d);
 	}
-	munmap((void *)c->map, c->size);
+	free((void *)c->map);
 	free(c);
 }
 
@@ -249,31 +262,82 @@ static int out_put(struct out_buf *b, const void *p, size_t n)
 	return 0;
 }
 
-/* Record directory relpath (open as fd, which this takes) and, depth
- * first, every directory below it. */
-static int record_dir(struct out_buf *b, uint32_t *n_dirs, int fd,
-		      const char *relpath, const atomic_bool *stop)
+/* Directories still to record, breadth first: a queue of paths, so that
+ * no depth of nesting in a layer can exhaust the builder's stack. */
+struct dir_queue {
+	char **paths;          /* owned */
+	size_t head, n, cap;
+};
+
+static int queue_push(struct dir_queue *q, char *path)
+{
+	if (q->n == q->cap) {
+		size_t cap = q->cap ? q->cap * 2 : 64;
+		char **grown = realloc(q->paths, cap * sizeof(*grown));
+		if (!grown) {
+			free(path);
+			return -ENOMEM;
+		}
+		q->paths = grown;
+		q->cap = cap;
+	}
+	q->paths[q->n++] = path;
+	return 0;
+}
+
+static void queue_free(struct dir_queue *q)
+{
+	for (size_t i = q->head; i < q->n; i++)
+		free(q->paths[i]);
+	free(q->paths);
+}
+
+/* "relpath/name", or just "name" under the root; NULL when it would not
+ * fit in PATH_MAX (a live read could not open it either). */
+static char *child_path(const char *relpath, const char *name)
+{
+	char *p = NULL;
+	int n = strcmp(relpath, ".") == 0 ? asprintf(&p, "%s", name)
+					  : asprintf(&p, "%s/%s", relpath, name);
+
+	if (n < 0)
+		return NULL;
+	if (n >= PATH_MAX) {
+		free(p);
+		return NULL;
+	}
+	return p;
+}
+
+/* Record one directory of the layer, queueing its subdirectories. */
+static int record_dir(struct out_buf *b, const struct lfs_layer *L,
+		      const char *relpath, struct dir_queue *q,
+		      const atomic_bool *stop)
 {
 	struct lfs_dir_marks marks;
 	struct dir_record dr = { 0 };
 	size_t dr_off = b->len, n_entries = 0;
-	char **subdirs = NULL;
-	size_t n_subdirs = 0;
-	DIR *dir;
 	struct dirent *de;
-	int r = lfs_whiteout_read_dir_marks(fd, &marks);
+	DIR *dir;
+	int fd = openat(L->root_fd, relpath,
+			O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int r;
 
+	if (fd < 0)
+		return -errno;
+	r = lfs_whiteout_read_dir_marks(fd, &marks);
 	if (r < 0 || !(dir = fdopendir(fd))) {
+		if (r == 0)
+			r = -errno;
 		close(fd);
-		return r < 0 ? r : -errno;
+		return r;
 	}
 	dr.path_len = (uint32_t)strlen(relpath);
 	if ((r = out_put(b, &dr, sizeof(dr))) < 0 ||
 	    (r = out_put(b, relpath, dr.path_len + 1)) < 0)
 		goto out;
 	dr.opaque = marks.opaque;
-	errno = 0;
-	while ((de = readdir(dir)) != NULL) {
+	for (errno = 0; (de = readdir(dir)) != NULL; errno = 0) {
 		struct lfs_classified c;
 		struct entry_record er = { 0 };
 
@@ -286,7 +350,7 @@ static int record_dir(struct out_buf *b, uint32_t *n_dirs, int fd,
 		r = lfs_whiteout_classify(dirfd(dir), &marks, de->d_name,
 					  de->d_type, &c);
 		if (r < 0)
-			goto out;
+			goto out;    /* a layer that changes is not cached */
 		if (c.kind == LFS_ENTRY_OPAQUE_MARK)
 			dr.opaque = 1;
 		if (c.kind != LFS_ENTRY_OBJECT && c.kind != LFS_ENTRY_WHITEOUT)
@@ -300,50 +364,38 @@ static int record_dir(struct out_buf *b, uint32_t *n_dirs, int fd,
 			goto out;
 		n_entries++;
 		if (c.kind == LFS_ENTRY_OBJECT && c.type == DT_DIR) {
-			char **grown = realloc(subdirs, (n_subdirs + 1) *
-							       sizeof(*subdirs));
-			if (!grown) {
-				r = -ENOMEM;
+			char *child = child_path(relpath, de->d_name);
+			r = child ? queue_push(q, child) : -ENAMETOOLONG;
+			if (r < 0)
 				goto out;
-			}
-			subdirs = grown;
-			if (!(subdirs[n_subdirs] = strdup(de->d_name))) {
-				r = -ENOMEM;
-				goto out;
-			}
-			n_subdirs++;
 		}
-		errno = 0;
 	}
 	r = errno ? -errno : 0;
 	dr.n_entries = (uint32_t)n_entries;
 	memcpy(b->data + dr_off, &dr, sizeof(dr));
-	(*n_dirs)++;
-	/* Children after the parent's record is complete; the parent's DIR
-	 * stays open meanwhile so the children resolve beneath it. */
-	for (size_t i = 0; r == 0 && i < n_subdirs; i++) {
-		char child[PATH_MAX];
-		int n = strcmp(relpath, ".") == 0
-				? snprintf(child, sizeof(child), "%s", subdirs[i])
-				: snprintf(child, sizeof(child), "%s/%s", relpath,
-					   subdirs[i]);
-		if (n < 0 || n >= (int)sizeof(child)) {
-			r = -ENAMETOOLONG;
-			break;
-		}
-		int cfd = openat(dirfd(dir), subdirs[i],
-				 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (cfd < 0) {
-			r = -errno;
-			break;
-		}
-		r = record_dir(b, n_dirs, cfd, child, stop);
-	}
 out:
-	for (size_t i = 0; i < n_subdirs; i++)
-		free(subdirs[i]);
-	free(subdirs);
 	closedir(dir);
+	return r;
+}
+
+/* Record every directory of the layer; returns how many, or -errno. */
+static int record_layer(struct out_buf *b, const struct lfs_layer *L,
+			const atomic_bool *stop, uint32_t *ret_n_dirs)
+{
+	struct dir_queue q = { 0 };
+	uint32_t n_dirs = 0;
+	char *root = strdup(".");
+	int r = root ? queue_push(&q, root) : -ENOMEM;
+
+	while (r == 0 && q.head < q.n) {
+		char *path = q.paths[q.head++];
+		r = record_dir(b, L, path, &q, stop);
+		free(path);
+		n_dirs++;
+	}
+	queue_free(&q);
+	if (r == 0)
+		*ret_n_dirs = n_dirs;
 	return r;
 }
 
@@ -379,15 +431,8 @@ int lfs_layercache_build(const char *cache_dir, const struct lfs_layer *L,
 		     (int)getpid()) >= (int)sizeof(tmp))
 		return -ENAMETOOLONG;
 	r = out_put(&b, &h, sizeof(h));
-	if (r < 0)
-		goto out;
-	int root = openat(L->root_fd, ".",
-			  O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (root < 0) {
-		r = -errno;
-		goto out;
-	}
-	r = record_dir(&b, &n_dirs, root, ".", stop);
+	if (r == 0)
+		r = record_layer(&b, L, stop, &n_dirs);
 	if (r < 0)
 		goto out;
 
@@ -409,7 +454,7 @@ int lfs_layercache_build(const char *cache_dir, const struct lfs_layer *L,
 		goto out;
 	}
 	r = write_all(fd, b.data, b.len);
-	if (r == 0 && close(fd) < 0)
+	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	fd = -1;
 	if (r == 0 && rename(tmp, final) < 0)

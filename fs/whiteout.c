@@ -7,7 +7,9 @@
  *             {trusted,user}.overlay.whiteout inside a directory marked
  *             {trusted,user}.overlay.opaque=x (as kernel overlayfs >= 6.7
  *             reads them: the mark spares a syscall per regular file);
- *   opaque:   {trusted,user}.overlay.opaque=y, or an OCI ".wh..wh..opq".
+ *   opaque:   {trusted,user}.overlay.opaque=y, or an OCI ".wh..wh..opq"
+ *             (and user.fuseoverlayfs.opaque=y, which older rootless
+ *             fuse-overlayfs wrote into upper directories).
  * Deciding what to do with a whiteout is dirindex.c's business, not ours.
  */
 #include <errno.h>
@@ -26,6 +28,7 @@
 static const char *const opaque_xattrs[] = {
 	"trusted.overlay.opaque",
 	"user.overlay.opaque",
+	"user.fuseoverlayfs.opaque",   /* older rootless fuse-overlayfs */
 };
 static const char *const whiteout_xattrs[] = {
 	"trusted.overlay.whiteout",

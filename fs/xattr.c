@@ -15,6 +15,7 @@
 static const char *const private_prefixes[] = {
 	"trusted.overlay.",
 	"user.overlay.",
+	"user.fuseoverlayfs.",    /* an upper written by fuse-overlayfs */
 };
 
 bool lfs_xattr_is_private(const char *name)
@@ -84,8 +85,11 @@ ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
 	 * one is always read in full, even when only the size is asked. */
 	for (;;) {
 		len = llistxattr(path, NULL, 0);
-		if (len <= 0)
-			return len < 0 ? -errno : 0;
+		if (len <= 0) {
+			r = len < 0 ? -errno : 0;
+			free(buf);
+			return r;
+		}
 		char *grown = realloc(buf, (size_t)len);
 		if (!grown) {
 			free(buf);

@@ -206,8 +206,9 @@ TEST(damaged_layer_cache_is_not_used)
 	int fd = open(f2, O_RDWR);
 	CHECK(fd >= 0);
 	uint32_t huge = 0xfffffff0u;
-	/* The first directory record starts right after the header. */
-	CHECK(pwrite(fd, &huge, sizeof(huge), 136) == (ssize_t)sizeof(huge));
+	/* The first directory record (its path_len first) starts right
+	 * after the 120-byte header. */
+	CHECK(pwrite(fd, &huge, sizeof(huge), 120) == (ssize_t)sizeof(huge));
 	close(fd);
 
 	struct lfs_fs *fs = owned(t, open_cached(t, paths, n, cache));
@@ -215,6 +216,51 @@ TEST(damaged_layer_cache_is_not_used)
 	CHECK(lfs_fs_layercache(fs, 1) != NULL);
 	CHECK(lfs_fs_layercache(fs, 2) == NULL);
 	CHECK_STR(dump(t, fs), dump(t, live));
+}
+
+/* A chain of `depth` directories "a/a/a/..." under dir. */
+static void make_chain(struct t *t, const char *dir, int depth)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY);
+
+	CHECK(fd >= 0);
+	for (int i = 0; i < depth; i++) {
+		CHECK(mkdirat(fd, "a", 0755) == 0);
+		int next = openat(fd, "a", O_RDONLY | O_DIRECTORY);
+		close(fd);
+		CHECK(next >= 0);
+		fd = next;
+	}
+	close(fd);
+}
+
+/* Nesting is data: no depth may exhaust the builder (it once recursed
+ * per level), and a tree deeper than PATH_MAX is simply not cached. */
+TEST(deeply_nested_layers_are_cached_or_skipped_without_crashing)
+{
+	const char *base = t_tmp(t);
+	char *cache = t_printf(t, "%s/cache", base);
+	char *paths[2];
+
+	for (int i = 0; i < 2; i++) {
+		paths[i] = t_printf(t, "%s/%064x", base, i + 1);
+		CHECK(mkdir(paths[i], 0755) == 0);
+	}
+	make_chain(t, paths[0], 2000);    /* "a/a/...": 3,999 bytes */
+	make_chain(t, paths[1], 2100);    /* past PATH_MAX */
+	build_caches(t, paths, 2, cache);
+	CHECK(access(t_printf(t, "%s/%064x.idx", cache, 1), F_OK) == 0);
+	CHECK(access(t_printf(t, "%s/%064x.idx", cache, 2), F_OK) != 0);
+
+	struct lfs_fs *fs = owned(t, open_cached(t, paths, 1, cache));
+	struct lfs_layercache *c = lfs_fs_layercache(fs, 0);
+	struct lfs_cached_dir dir;
+	char *deepest = t_own(t, calloc(1, 4000));
+	for (int i = 0; i < 2000; i++)
+		strcat(deepest, i ? "/a" : "a");
+	CHECK(c != NULL);
+	CHECK_INT(lfs_layercache_find_dir(c, deepest, &dir), 1);
+	CHECK_INT(dir.remaining, 0);
 }
 
 TEST(layers_without_a_digest_are_never_cached)
