@@ -234,6 +234,29 @@ static void make_chain(struct t *t, const char *dir, int depth)
 	close(fd);
 }
 
+/* Remove a chain made by make_chain: fd by fd, since its paths are too
+ * long for path-based removal. */
+static void remove_chain(void *dir, void *depth_ptr)
+{
+	int depth = *(int *)depth_ptr;
+	int *fds = calloc((size_t)depth + 1, sizeof(*fds));
+
+	if (!fds)
+		return;
+	fds[0] = open(dir, O_RDONLY | O_DIRECTORY);
+	int n = 0;
+	while (n < depth && fds[n] >= 0 &&
+	       (fds[n + 1] = openat(fds[n], "a", O_RDONLY | O_DIRECTORY)) >= 0)
+		n++;
+	for (int i = n; i > 0; i--) {
+		close(fds[i]);
+		unlinkat(fds[i - 1], "a", AT_REMOVEDIR);
+	}
+	if (fds[0] >= 0)
+		close(fds[0]);
+	free(fds);
+}
+
 /* Nesting is data: no depth may exhaust the builder (it once recursed
  * per level), and a tree deeper than PATH_MAX is simply not cached. */
 TEST(deeply_nested_layers_are_cached_or_skipped_without_crashing)
@@ -246,8 +269,11 @@ TEST(deeply_nested_layers_are_cached_or_skipped_without_crashing)
 		paths[i] = t_printf(t, "%s/%064x", base, i + 1);
 		CHECK(mkdir(paths[i], 0755) == 0);
 	}
-	make_chain(t, paths[0], 2000);    /* "a/a/...": 3,999 bytes */
-	make_chain(t, paths[1], 2100);    /* past PATH_MAX */
+	static int depths[2] = { 2000, 2100 };
+	for (int i = 0; i < 2; i++)
+		t_defer(t, remove_chain, paths[i], &depths[i]);
+	make_chain(t, paths[0], depths[0]);    /* "a/a/...": 3,999 bytes */
+	make_chain(t, paths[1], depths[1]);    /* past PATH_MAX */
 	build_caches(t, paths, 2, cache);
 	CHECK(access(t_printf(t, "%s/%064x.idx", cache, 1), F_OK) == 0);
 	CHECK(access(t_printf(t, "%s/%064x.idx", cache, 2), F_OK) != 0);
