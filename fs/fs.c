@@ -143,12 +143,20 @@ static int make_dirs(const char *path)
 	return 0;
 }
 
-/* Record the caches that are missing, quietly: this thread yields the
- * disk and the CPU to the requests the mount is serving. */
+/* First, at normal priority: start reading every layer's cache file at
+ * once, so that a stack's first lookups do not wait for one file read
+ * after another (after a cache drop: 18 ms for 128 layers, 6 ms so).
+ * Then record the caches that are missing, quietly: at idle priority the
+ * thread yields the disk and the CPU to the requests the mount serves. */
 static void *build_caches(void *arg)
 {
 	struct lfs_fs *fs = arg;
 	const int ioprio_idle = 3 << 13;    /* IOPRIO_CLASS_IDLE, level 0 */
+
+	for (uint32_t i = 0; i < fs->stack->n_layers; i++)
+		if (!atomic_load(&fs->layer_cache_tried[i]))
+			lfs_layercache_prefetch(fs->index_cache_dir,
+						&fs->stack->layers[i]);
 
 	syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, ioprio_idle);
 	setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);

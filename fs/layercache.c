@@ -190,6 +190,22 @@ int lfs_layercache_load(const char *cache_dir, const struct lfs_layer *L,
 	return 0;
 }
 
+void lfs_layercache_prefetch(const char *cache_dir, const struct lfs_layer *L)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	if (!L->digest[0] ||
+	    snprintf(path, sizeof(path), "%s/%s.idx", cache_dir, L->digest) >=
+		    (int)sizeof(path))
+		return;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return;
+	posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+	close(fd);
+}
+
 void lfs_layercache_free(struct lfs_layercache *c)
 {
 	struct cached_dir *d, *tmp;

@@ -71,6 +71,9 @@ struct lfs_cached_dir {
 int lfs_layercache_load(const char *cache_dir, const struct lfs_layer *L,
 			struct lfs_layercache **ret);
 void lfs_layercache_free(struct lfs_layercache *cache);
+/* Ask the kernel to start reading layer L's cache file now, so that the
+ * first directory built from it finds it in memory. */
+void lfs_layercache_prefetch(const char *cache_dir, const struct lfs_layer *L);
 /* 1 and *ret set if the layer has directory relpath, else 0. */
 int lfs_layercache_find_dir(const struct lfs_layercache *cache,
 			    const char *relpath, struct lfs_cached_dir *ret);
