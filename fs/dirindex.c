@@ -78,6 +78,7 @@ static int entry_set_object(struct lfs_entry *e,
 	e->layer = layer;
 	e->type = c->type;
 	e->real_ino = real_ino;
+	e->stat_rec = c->stat_rec;
 	if (c->type == DT_DIR)
 		return layer_list_append(&e->dir_layers, layer);
 	return 0;

@@ -12,7 +12,10 @@
  * The file, <cache dir>/<digest>.idx, native byte order (a local cache):
  *   header   magic "LFSIDX01", then struct file_header
  *   per dir  struct dir_record, the dir's path ("." for the root) + NUL,
- *            then n_entries times: struct entry_record, name + NUL
+ *            then n_entries times: struct entry_record, for an object its
+ *            struct stat_record, then the name + NUL
+ * Recording attributes too means a stat through the merge reads nothing of
+ * the layer at all (atime is as recorded).
  * A cache is used only if its digest and the layer root's device, inode
  * and ctime match, every record lies inside the file and every name is one
  * readdir could return; anything else counts as no cache.  Files are written under a temporary name and
@@ -30,7 +33,7 @@
 #include "layerfs_i.h"
 
 #define CACHE_MAGIC "LFSIDX01"
-#define CACHE_VERSION 1u
+#define CACHE_VERSION 2u
 
 struct file_header {
 	char magic[8];
@@ -57,6 +60,14 @@ struct entry_record {
 	uint8_t kind;          /* LFS_ENTRY_OBJECT or LFS_ENTRY_WHITEOUT */
 	uint8_t type;          /* DT_* */
 	uint8_t pad[4];
+};
+
+/* After an object's entry_record, before its name: its lstat(2). */
+struct stat_record {
+	uint64_t size, blocks, rdev, nlink;
+	int64_t atime_sec, mtime_sec, ctime_sec;
+	uint32_t atime_nsec, mtime_nsec, ctime_nsec;
+	uint32_t mode, uid, gid, blksize;
 };
 
 struct cached_dir {
@@ -133,6 +144,15 @@ static int cache_index_dirs(struct lfs_layercache *c, uint32_t n_dirs)
 				return -EBADMSG;
 			memcpy(&er, c->map + off, sizeof(er));
 			off += sizeof(er);
+			if (er.kind == LFS_ENTRY_OBJECT) {
+				struct stat_record sr;
+				if (off + sizeof(sr) > c->size)
+					return -EBADMSG;
+				memcpy(&sr, c->map + off, sizeof(sr));
+				if (IFTODT(sr.mode) != er.type)
+					return -EBADMSG;
+				off += sizeof(sr);
+			}
 			if (er.name_len >= c->size - off ||
 			    !is_valid_name((const char *)c->map + off,
 					   er.name_len) ||
@@ -244,13 +264,61 @@ int lfs_cached_dir_next(struct lfs_cached_dir *d, struct lfs_classified *ret,
 		return 0;
 	/* Bounds were checked when the file was loaded. */
 	memcpy(&er, d->cache->map + d->next_off, sizeof(er));
+	d->next_off += sizeof(er);
 	ret->kind = (enum lfs_entry_kind)er.kind;
 	ret->type = er.type;
-	ret->name = (const char *)d->cache->map + d->next_off + sizeof(er);
+	ret->stat_rec = NULL;
+	if (er.kind == LFS_ENTRY_OBJECT) {
+		ret->stat_rec = d->cache->map + d->next_off;
+		d->next_off += sizeof(struct stat_record);
+	}
+	ret->name = (const char *)d->cache->map + d->next_off;
 	*ret_ino = er.ino;
-	d->next_off += sizeof(er) + er.name_len + 1;
+	d->next_off += er.name_len + 1u;
 	d->remaining--;
 	return 1;
+}
+
+void lfs_layercache_decode_stat(const void *stat_rec, struct stat *ret)
+{
+	struct stat_record sr;
+	struct stat st = { 0 };
+
+	memcpy(&sr, stat_rec, sizeof(sr));
+	st.st_mode = sr.mode;
+	st.st_uid = sr.uid;
+	st.st_gid = sr.gid;
+	st.st_size = (off_t)sr.size;
+	st.st_blocks = (blkcnt_t)sr.blocks;
+	st.st_blksize = (blksize_t)sr.blksize;
+	st.st_rdev = (dev_t)sr.rdev;
+	st.st_nlink = (nlink_t)sr.nlink;
+	st.st_atim.tv_sec = sr.atime_sec;
+	st.st_atim.tv_nsec = sr.atime_nsec;
+	st.st_mtim.tv_sec = sr.mtime_sec;
+	st.st_mtim.tv_nsec = sr.mtime_nsec;
+	st.st_ctim.tv_sec = sr.ctime_sec;
+	st.st_ctim.tv_nsec = sr.ctime_nsec;
+	*ret = st;
+}
+
+static void encode_stat(const struct stat *st, struct stat_record *sr)
+{
+	memset(sr, 0, sizeof(*sr));
+	sr->mode = st->st_mode;
+	sr->uid = st->st_uid;
+	sr->gid = st->st_gid;
+	sr->size = (uint64_t)st->st_size;
+	sr->blocks = (uint64_t)st->st_blocks;
+	sr->blksize = (uint32_t)st->st_blksize;
+	sr->rdev = (uint64_t)st->st_rdev;
+	sr->nlink = (uint64_t)st->st_nlink;
+	sr->atime_sec = st->st_atim.tv_sec;
+	sr->atime_nsec = (uint32_t)st->st_atim.tv_nsec;
+	sr->mtime_sec = st->st_mtim.tv_sec;
+	sr->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
+	sr->ctime_sec = st->st_ctim.tv_sec;
+	sr->ctime_nsec = (uint32_t)st->st_ctim.tv_nsec;
 }
 
 /* ------------------------------------------------------------------ */
@@ -375,8 +443,25 @@ static int record_dir(struct out_buf *b, const struct lfs_layer *L,
 		er.kind = (uint8_t)c.kind;
 		er.type = c.type;
 		er.name_len = (uint16_t)strlen(c.name);
-		if ((r = out_put(b, &er, sizeof(er))) < 0 ||
-		    (r = out_put(b, c.name, er.name_len + 1u)) < 0)
+		if ((r = out_put(b, &er, sizeof(er))) < 0)
+			goto out;
+		if (c.kind == LFS_ENTRY_OBJECT) {
+			struct stat st;
+			struct stat_record sr;
+			if (fstatat(dirfd(dir), de->d_name, &st,
+				    AT_SYMLINK_NOFOLLOW) < 0) {
+				r = -errno;
+				goto out;
+			}
+			if (IFTODT(st.st_mode) != c.type) {
+				r = -ESTALE;    /* changed under us */
+				goto out;
+			}
+			encode_stat(&st, &sr);
+			if ((r = out_put(b, &sr, sizeof(sr))) < 0)
+				goto out;
+		}
+		if ((r = out_put(b, c.name, er.name_len + 1u)) < 0)
 			goto out;
 		n_entries++;
 		if (c.kind == LFS_ENTRY_OBJECT && c.type == DT_DIR) {

@@ -41,6 +41,8 @@ struct lfs_classified {
 	enum lfs_entry_kind kind;
 	const char *name;     /* borrowed; for a whiteout, the hidden name */
 	unsigned char type;   /* DT_* of the object (resolved if DT_UNKNOWN) */
+	const void *stat_rec; /* borrowed: the object's attributes as a layer
+				 index cache recorded them, or NULL */
 };
 
 /* Read the opaque xattrs of an open layer directory. */
@@ -71,6 +73,8 @@ struct lfs_cached_dir {
 int lfs_layercache_load(const char *cache_dir, const struct lfs_layer *L,
 			struct lfs_layercache **ret);
 void lfs_layercache_free(struct lfs_layercache *cache);
+/* Attributes as recorded (st_ino and st_dev are the caller's business). */
+void lfs_layercache_decode_stat(const void *stat_rec, struct stat *ret);
 /* Ask the kernel to start reading layer L's cache file now, so that the
  * first directory built from it finds it in memory. */
 void lfs_layercache_prefetch(const char *cache_dir, const struct lfs_layer *L);
@@ -106,6 +110,7 @@ struct lfs_entry {
 	struct lfs_layer_list dir_layers;  /* dir: candidate layers */
 	struct lfs_node *node; /* live node for this name or NULL;
 				  protected by the directory node's mu */
+	const void *stat_rec;  /* borrowed from a layer cache, or NULL */
 	char name[];
 };
 
@@ -147,6 +152,7 @@ struct lfs_node {
 	_Atomic(struct lfs_dirindex *) index;
 	const struct lfs_layer_list *dir_layers;  /* dir: borrowed */
 	_Atomic int data_fd;       /* file: cached read fd or -1; see file.c */
+	const void *stat_rec;      /* borrowed: recorded attributes or NULL */
 };
 
 struct lfs_node *lfs_node_new_root(struct lfs_fs *fs);

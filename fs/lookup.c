@@ -2,8 +2,9 @@
  * lookup.c - finding a name in a merged directory, and its attributes.
  *
  * A lookup is one hash probe in the parent's index (built on first use),
- * then one fstatat() in the single layer that provides the name: the cost
- * does not grow with the number of layers.  Negative answers (absent,
+ * then one fstatat() in the single layer that provides the name (none when
+ * the layer's index cache recorded its attributes): the cost does not grow
+ * with the number of layers.  Negative answers (absent,
  * whited out, reserved ".wh." names) cost no syscall at all.
  */
 #include <errno.h>
@@ -40,13 +41,20 @@ static int node_stat(struct lfs_fs *fs, struct lfs_node *node,
 {
 	char path[PATH_MAX];
 	struct stat st;
-	int r = lfs_node_path(node, path, sizeof(path));
+	int r;
 
-	if (r < 0)
-		return r;
-	if (fstatat(fs->stack->layers[node->layer].root_fd, path, &st,
-		    AT_SYMLINK_NOFOLLOW) < 0)
-		return -errno;
+	/* A layer's recorded attributes spare reading its inode: after a
+	 * cache drop that is most of what a stat costs. */
+	if (node->stat_rec) {
+		lfs_layercache_decode_stat(node->stat_rec, &st);
+	} else {
+		r = lfs_node_path(node, path, sizeof(path));
+		if (r < 0)
+			return r;
+		if (fstatat(fs->stack->layers[node->layer].root_fd, path, &st,
+			    AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+	}
 	st.st_ino = node->ino;
 	if (S_ISDIR(st.st_mode) && is_merged_dir(fs, node))
 		st.st_nlink = 1;

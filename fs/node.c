@@ -89,6 +89,7 @@ int lfs_node_get_child(struct lfs_fs *fs, struct lfs_node *parent,
 	child->name = entry->name;
 	child->layer = entry->layer;
 	child->type = entry->type;
+	child->stat_rec = entry->stat_rec;
 	child->ino = lfs_fs_ino(fs, entry->layer, entry->real_ino);
 	child->refs = 1;
 	if (entry->type == DT_DIR)

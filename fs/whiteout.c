@@ -90,7 +90,9 @@ int lfs_whiteout_classify(int dir_fd, const struct lfs_dir_marks *marks,
 			  const char *name, unsigned char type,
 			  struct lfs_classified *ret)
 {
-	struct lfs_classified c = { LFS_ENTRY_OBJECT, name, type };
+	struct lfs_classified c = {
+		.kind = LFS_ENTRY_OBJECT, .name = name, .type = type,
+	};
 
 	if (lfs_whiteout_is_reserved_name(name)) {
 		if (strcmp(name, OCI_OPAQUE_NAME) == 0)

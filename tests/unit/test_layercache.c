@@ -94,7 +94,7 @@ static int count_idx_files(const char *dir)
 	return n;
 }
 
-/* A canonical dump of the merged tree: path, type, providing layer. */
+/* A canonical dump of the merged tree: path, attributes, providing layer. */
 static void dump_tree(struct t *t, struct lfs_fs *fs, const char *path,
 		      char **out, size_t *len)
 {
@@ -105,10 +105,15 @@ static void dump_tree(struct t *t, struct lfs_fs *fs, const char *path,
 		char *child = path[0] ? t_printf(t, "%s/%s", path, ents[i].name)
 				      : t_printf(t, "%s", ents[i].name);
 		struct stat st = t_stat(t, fs, child);
-		char *line = t_printf(t, "%s %o %u %lld %llu\n", child,
-				      st.st_mode, t_layer(t, fs, child),
-				      (long long)st.st_size,
-				      (unsigned long long)st.st_ino);
+		/* Everything stat reports but atime, which reads change. */
+		char *line = t_printf(
+			t, "%s %o %u %lld %llu %u:%u n%lu b%lld r%llu m%lld.%ld c%lld.%ld\n",
+			child, st.st_mode, t_layer(t, fs, child),
+			(long long)st.st_size, (unsigned long long)st.st_ino,
+			st.st_uid, st.st_gid, (unsigned long)st.st_nlink,
+			(long long)st.st_blocks, (unsigned long long)st.st_rdev,
+			(long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+			(long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
 		size_t l = strlen(line);
 		*out = realloc(*out, *len + l + 1);
 		CHECK(*out);
@@ -158,6 +163,9 @@ TEST(layer_cache_is_written_for_digest_layers_and_then_used)
 		CHECKF(lfs_fs_layercache(cached, (uint32_t)i) != NULL,
 		       "layer %d has no cache", i);
 	CHECK_STR(dump(t, cached), dump(t, live));
+	/* ... and attributes come from the records, not the layers. */
+	CHECK(t_node(t, cached, "etc/os-release")->stat_rec != NULL);
+	CHECK(t_node(t, live, "etc/os-release")->stat_rec == NULL);
 	CHECK_STR(t_ls(t, cached, "opaque"), "mine");
 	CHECK_STR(t_ls(t, cached, "xw"), "shown");
 	CHECK_ERR(t_lookup(cached, "etc/gone"), ENOENT);
