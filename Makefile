@@ -84,6 +84,8 @@ unit: build/unit_tests
 	@build/unit_tests
 
 bench: all
+	@build/bench/corebench
+	@echo
 	@benchmarks/run
 
 example: all

@@ -375,17 +375,23 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_statfs(req, &st);
 }
 
-static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
-			size_t size)
+/*
+ * getxattr and listxattr share their reply: size 0 asks only for the
+ * length.  name NULL means list.
+ */
+static void reply_xattr_query(fuse_req_t req, fuse_ino_t ino,
+			      const char *name, size_t size)
 {
 	char *buf = size ? malloc(size) : NULL;
+	struct lfs_node *node = node_of(req, ino);
 	ssize_t len;
 
 	if (size && !buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	len = lfs_getxattr(ctx(req)->fs, node_of(req, ino), name, buf, size);
+	len = name ? lfs_getxattr(ctx(req)->fs, node, name, buf, size)
+		   : lfs_listxattr(ctx(req)->fs, node, buf, size);
 	if (len < 0)
 		reply_err(req, (int)len);
 	else if (size == 0)
@@ -395,23 +401,15 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	free(buf);
 }
 
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			size_t size)
+{
+	reply_xattr_query(req, ino, name, size);
+}
+
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	char *buf = size ? malloc(size) : NULL;
-	ssize_t len;
-
-	if (size && !buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	len = lfs_listxattr(ctx(req)->fs, node_of(req, ino), buf, size);
-	if (len < 0)
-		reply_err(req, (int)len);
-	else if (size == 0)
-		fuse_reply_xattr(req, (size_t)len);
-	else
-		fuse_reply_buf(req, buf, (size_t)len);
-	free(buf);
+	reply_xattr_query(req, ino, NULL, size);
 }
 
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)

@@ -145,15 +145,24 @@ static struct lfs_fs *owned(struct t *t, struct lfs_fs *fs)
 	return fs;
 }
 
-TEST(layer_cache_is_written_for_digest_layers_and_then_used)
+/* rules_spec in t_tmp with digest-named layers; returns the number of
+ * layers (paths filled) and where their caches go. */
+static int rules_stack(struct t *t, char *paths[3], char **ret_cache)
 {
 	const char *base = t_tmp(t);
-	char *cache = t_printf(t, "%s/cache", base);
 	int n = t_build(t, base, rules_spec);
-	char *paths[3];
 
+	CHECK(n <= 3);
 	for (int i = 0; i < n; i++)
 		paths[i] = digest_layer(t, base, i);
+	*ret_cache = t_printf(t, "%s/cache", base);
+	return n;
+}
+
+TEST(layer_cache_is_written_for_digest_layers_and_then_used)
+{
+	char *paths[3], *cache;
+	int n = rules_stack(t, paths, &cache);
 	struct lfs_fs *live = owned(t, open_cached(t, paths, n, NULL));
 	build_caches(t, paths, n, cache);
 	CHECK_INT(count_idx_files(cache), n);
@@ -173,13 +182,8 @@ TEST(layer_cache_is_written_for_digest_layers_and_then_used)
 
 TEST(layer_cache_of_a_changed_layer_is_not_used)
 {
-	const char *base = t_tmp(t);
-	char *cache = t_printf(t, "%s/cache", base);
-	int n = t_build(t, base, rules_spec);
-	char *paths[3];
-
-	for (int i = 0; i < n; i++)
-		paths[i] = digest_layer(t, base, i);
+	char *paths[3], *cache;
+	int n = rules_stack(t, paths, &cache);
 	build_caches(t, paths, n, cache);
 	/* A new name in layer 1's root changes that root's ctime. */
 	char *added = t_printf(t, "%s/added", paths[1]);
@@ -195,13 +199,8 @@ TEST(layer_cache_of_a_changed_layer_is_not_used)
 
 TEST(damaged_layer_cache_is_not_used)
 {
-	const char *base = t_tmp(t);
-	char *cache = t_printf(t, "%s/cache", base);
-	int n = t_build(t, base, rules_spec);
-	char *paths[3];
-
-	for (int i = 0; i < n; i++)
-		paths[i] = digest_layer(t, base, i);
+	char *paths[3], *cache;
+	int n = rules_stack(t, paths, &cache);
 	struct lfs_fs *live = owned(t, open_cached(t, paths, n, NULL));
 	build_caches(t, paths, n, cache);
 
