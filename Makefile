@@ -13,12 +13,14 @@ LDFLAGS += $(SAN) -pthread
 
 FUSE_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
 FUSE_LIBS   := $(shell pkg-config --libs fuse3 2>/dev/null)
+TOOL_CFLAGS := $(shell pkg-config --cflags libarchive jansson libcrypto 2>/dev/null)
+TOOL_LIBS   := $(shell pkg-config --libs libarchive jansson libcrypto 2>/dev/null)
 
 # Debian packages: build, tests (python3, attr, kernel overlay peer via
 # util-linux mount, fuse-overlayfs peer) and benchmarks.
 DEB_PKGS := gcc make pkg-config libfuse3-dev fuse3 uthash-dev libssl-dev \
             libarchive-dev libjansson-dev python3 attr fuse-overlayfs util-linux \
-            e2fsprogs
+            e2fsprogs zstd
 DEPS_STAMP := build/.deps-ok
 
 # The union core: no FUSE in it (enforced by `core-is-fuse-free`).
@@ -28,12 +30,14 @@ CORE_SRCS := fs/layer.c fs/whiteout.c fs/dirindex.c fs/node.c fs/lookup.c \
 FUSE_SRCS := fs/fuse_ops.c fs/fuse_main.c
 CORE_OBJS := $(CORE_SRCS:%.c=build/%.o)
 FUSE_OBJS := $(FUSE_SRCS:%.c=build/%.o)
+TOOL_SRCS := $(wildcard tools/*.c)
+TOOL_OBJS := $(TOOL_SRCS:%.c=build/%.o)
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 BENCH_C   := $(wildcard benchmarks/*.c)
 
 .PHONY: all deps check unit bench example clean core-is-fuse-free asan
 
-all: $(DEPS_STAMP) bin/layerfs $(BENCH_C:benchmarks/%.c=build/bench/%)
+all: $(DEPS_STAMP) bin/layerfs bin/layerctl $(BENCH_C:benchmarks/%.c=build/bench/%)
 
 # Install only what is missing; the stamp records that the check passed.
 $(DEPS_STAMP):
@@ -53,6 +57,14 @@ deps:
 build/fs/fuse_%.o: fs/fuse_%.c $(wildcard include/*.h fs/*.h) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(FUSE_CFLAGS) -c $< -o $@
+
+build/tools/%.o: tools/%.c $(wildcard tools/*.h) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(TOOL_CFLAGS) -c $< -o $@
+
+bin/layerctl: $(TOOL_OBJS)
+	@mkdir -p bin
+	$(CC) $(LDFLAGS) -o $@ $^ $(TOOL_LIBS)
 
 build/%.o: %.c $(wildcard include/*.h fs/*.h) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
@@ -96,4 +108,4 @@ asan:
 	$(MAKE) SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" OPT="-O1 -g" check
 
 clean:
-	rm -rf build/fs build/tests build/*.a build/unit_tests build/bench bin
+	rm -rf build/fs build/tools build/tests build/*.a build/unit_tests build/bench bin

@@ -1,0 +1,810 @@
+/*
+ * import.c - `layerctl import FILE|DIR [NAME:TAG]`: a `docker save` archive
+ * or an OCI image layout into the layer store.
+ *
+ * Order of work, so that a bad input changes nothing:
+ *   1. an archive is unpacked into a staging directory (libarchive, with
+ *      its guards against "..", absolute names and writing through
+ *      symlinks);
+ *   2. the manifest is read into a list of images (config + layer blobs);
+ *   3. every blob is checked: an OCI blob's sha256 against its digest, a
+ *      config against the name it is stored under, every layer's
+ *      decompressed sha256 against the config's rootfs.diff_ids;
+ *   4. each new layer is extracted into staging, its entries checked one
+ *      by one (no "..", no absolute names, bounded names, hard links inside
+ *      the layer, devices only where we may make them);
+ *   5. only then are layers, layerdb entries, the config and the tags
+ *      renamed or written into place.  The staging directory goes at the
+ *      end, whatever happened.
+ * Whiteouts stay as OCI ".wh." entries, which layerfs reads as they are.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <archive.h>
+#include <archive_entry.h>
+
+#include "layerctl.h"
+
+struct layer_src {
+	char *blob;                  /* owned path */
+	char digest[HEXLEN + 1];     /* the blob's own digest, or "" */
+	char diff[HEXLEN + 1];       /* from the config */
+	char *staged;                /* owned: extracted here, or NULL */
+	long long size;              /* bytes of the layer's tree, or -1 */
+	long long files;             /* entries of the layer's tree, or -1 */
+};
+
+struct image_src {
+	char *config;                /* owned path */
+	char config_digest[HEXLEN + 1];   /* the name it was stored under */
+	char id[HEXLEN + 1];
+	char *config_bytes;          /* owned */
+	size_t config_len;
+	json_t *tags;                /* owned array of "name:tag" */
+	struct layer_src *layers;    /* owned, bottom first */
+	size_t n_layers;
+};
+
+/* ---- safe paths inside the input ------------------------------------- */
+
+/* A relative path with no "..": what a manifest may name. */
+static bool is_safe_relative(const char *p)
+{
+	if (!p || !*p || p[0] == '/')
+		return false;
+	for (const char *c = p; *c;) {
+		const char *end = strchr(c, '/');
+		size_t len = end ? (size_t)(end - c) : strlen(c);
+		if ((len == 2 && c[0] == '.' && c[1] == '.') || len > NAME_MAX)
+			return false;
+		c += len + (end ? 1 : 0);
+	}
+	return strlen(p) < PATH_MAX;
+}
+
+static char *input_path(const char *dir, const char *rel, char err[ERRLEN])
+{
+	char *p = NULL;
+
+	if (!is_safe_relative(rel)) {
+		snprintf(err, ERRLEN, "manifest names an unsafe path: %s",
+			 rel ? rel : "(none)");
+		return NULL;
+	}
+	if (asprintf(&p, "%s/%s", dir, rel) < 0) {
+		snprintf(err, ERRLEN, "out of memory");
+		return NULL;
+	}
+	if (access(p, R_OK) < 0) {
+		snprintf(err, ERRLEN, "%s: %s", rel, strerror(errno));
+		free(p);
+		return NULL;
+	}
+	return p;
+}
+
+/* "blobs/sha256/<hex>" or "<hex>.json" or "<hex>/layer.tar": the digest a
+ * docker-save name carries, if any. */
+static void digest_from_name(const char *rel, char hex[HEXLEN + 1])
+{
+	const char *base = strrchr(rel, '/');
+	char buf[HEXLEN + 1];
+
+	hex[0] = '\0';
+	if (strncmp(rel, "blobs/sha256/", 13) == 0 && is_hex64(rel + 13)) {
+		memcpy(hex, rel + 13, HEXLEN + 1);
+		return;
+	}
+	base = base ? base + 1 : rel;
+	if (strlen(base) == HEXLEN + 5 && !strcmp(base + HEXLEN, ".json")) {
+		memcpy(buf, base, HEXLEN);
+		buf[HEXLEN] = '\0';
+		if (is_hex64(buf))
+			memcpy(hex, buf, HEXLEN + 1);
+	}
+}
+
+/* ---- unpacking an archive -------------------------------------------- */
+
+static int check_entry_name(const char *name, const char *what,
+			    char err[ERRLEN])
+{
+	if (!name)
+		return 0;
+	if (name[0] == '/') {
+		snprintf(err, ERRLEN, "%s: entry %s: absolute path", what, name);
+		return -EINVAL;
+	}
+	if (!is_safe_relative(name) && strcmp(name, ".") && strcmp(name, "./")) {
+		snprintf(err, ERRLEN, "%s: entry %.300s: %s", what, name,
+			 strlen(name) >= PATH_MAX ? "name too long"
+			 : strstr(name, "..") ? "path escapes the layer (..)"
+					      : "name component too long");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static char *joined(const char *dir, const char *rel)
+{
+	char *p = NULL;
+
+	return asprintf(&p, "%s/%s", dir, rel) < 0 ? NULL : p;
+}
+
+static int extract_here(int fd, const char *what, long long *ret_files,
+			long long *ret_size, char err[ERRLEN]);
+
+/*
+ * Extract the tar (any compression) at path into dest, checking every
+ * entry.  Counts the files and bytes extracted.  libarchive's guards work
+ * on relative names, so extraction runs with dest as the working
+ * directory (layerctl is single-threaded).
+ */
+static int extract_tar(const char *path, const char *dest, const char *what,
+		       long long *ret_files, long long *ret_size,
+		       char err[ERRLEN])
+{
+	int in_fd = open(path, O_RDONLY | O_CLOEXEC);
+	int saved = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	int r;
+
+	if (in_fd < 0 || saved < 0 || chdir(dest) < 0) {
+		r = -errno;
+		snprintf(err, ERRLEN, "%s: %s", in_fd < 0 ? path : dest,
+			 strerror(errno));
+		goto out;
+	}
+	r = extract_here(in_fd, what, ret_files, ret_size, err);
+	if (fchdir(saved) < 0 && r == 0) {
+		snprintf(err, ERRLEN, "cannot return to the working directory");
+		r = -EIO;
+	}
+out:
+	if (in_fd >= 0)
+		close(in_fd);
+	if (saved >= 0)
+		close(saved);
+	return r;
+}
+
+static int extract_here(int fd, const char *what, long long *ret_files,
+			long long *ret_size, char err[ERRLEN])
+{
+	struct archive *in = archive_read_new();
+	struct archive *out = archive_write_disk_new();
+	struct archive_entry *e;
+	long long files = 0, size = 0;
+	bool root = geteuid() == 0;
+	int r = 0, ar;
+
+	if (!in || !out) {
+		snprintf(err, ERRLEN, "out of memory");
+		r = -ENOMEM;
+		goto done;
+	}
+	archive_read_support_filter_all(in);
+	archive_read_support_format_tar(in);
+	archive_write_disk_set_options(
+		out, ARCHIVE_EXTRACT_SECURE_SYMLINKS |
+			     ARCHIVE_EXTRACT_SECURE_NODOTDOT |
+			     ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS |
+			     ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME |
+			     ARCHIVE_EXTRACT_XATTR | ARCHIVE_EXTRACT_ACL |
+			     (root ? ARCHIVE_EXTRACT_OWNER : 0));
+	archive_write_disk_set_standard_lookup(out);
+	if (archive_read_open_fd(in, fd, 1 << 16) != ARCHIVE_OK) {
+		snprintf(err, ERRLEN, "%s: %s", what, archive_error_string(in));
+		r = -EIO;
+		goto done;
+	}
+	while ((ar = archive_read_next_header(in, &e)) == ARCHIVE_OK) {
+		const char *name = archive_entry_pathname(e);
+		const char *link = archive_entry_hardlink(e);
+		mode_t type = archive_entry_filetype(e);
+
+		if ((r = check_entry_name(name, what, err)) < 0 ||
+		    (r = check_entry_name(link, what, err)) < 0)
+			goto done;
+		if ((type == AE_IFCHR || type == AE_IFBLK) && !root) {
+			/* Not ours to create: skipped, as rootless engines do. */
+			fprintf(stderr, "layerctl: import: %s: skipping device "
+				"%s (not root)\n", what, name);
+			continue;
+		}
+		ar = archive_write_header(out, e);
+		if (ar == ARCHIVE_OK && archive_entry_size(e) > 0) {
+			const void *buf;
+			size_t len;
+			la_int64_t off;
+			while ((ar = archive_read_data_block(in, &buf, &len,
+							     &off)) == ARCHIVE_OK)
+				if (archive_write_data_block(out, buf, len,
+							     off) != ARCHIVE_OK) {
+					ar = ARCHIVE_FATAL;
+					break;
+				}
+			if (ar == ARCHIVE_EOF)
+				ar = ARCHIVE_OK;
+		}
+		if (ar == ARCHIVE_OK)
+			ar = archive_write_finish_entry(out);
+		if (ar < ARCHIVE_WARN) {
+			const char *why = archive_error_string(out);
+			if (!why)
+				why = archive_error_string(in);
+			snprintf(err, ERRLEN, "%s: entry %.300s: %s", what, name,
+				 why ? why : "cannot extract");
+			r = -EIO;
+			goto done;
+		}
+		files++;
+		size += archive_entry_size(e);
+	}
+	if (ar != ARCHIVE_EOF) {
+		snprintf(err, ERRLEN, "%s: %s", what, archive_error_string(in));
+		r = -EIO;
+	}
+done:
+	if (out) {
+		archive_write_close(out);
+		archive_write_free(out);
+	}
+	if (in)
+		archive_read_free(in);
+	if (r == 0) {
+		*ret_files = files;
+		*ret_size = size;
+	}
+	return r;
+}
+
+/* ---- reading the manifests ------------------------------------------- */
+
+static void image_free(struct image_src *im)
+{
+	for (size_t i = 0; i < im->n_layers; i++) {
+		free(im->layers[i].blob);
+		free(im->layers[i].staged);
+	}
+	free(im->layers);
+	free(im->config);
+	free(im->config_bytes);
+	json_decref(im->tags);
+}
+
+static json_t *load_json(const char *path, const char *what, char err[ERRLEN])
+{
+	json_error_t jerr;
+	json_t *j = json_load_file(path, 0, &jerr);
+
+	if (!j)
+		snprintf(err, ERRLEN, "%s: bad JSON: %s (line %d)", what,
+			 jerr.text, jerr.line);
+	return j;
+}
+
+/* docker save: manifest.json = [{Config, RepoTags, Layers}, ...] */
+static int read_docker_save(const char *dir, struct image_src **ret,
+			    size_t *ret_n, char err[ERRLEN])
+{
+	char *mpath = joined(dir, "manifest.json");
+	json_t *m = mpath ? load_json(mpath, "manifest.json", err) : NULL;
+	struct image_src *ims = NULL;
+	size_t n = 0;
+	int r = -EINVAL;
+
+	free(mpath);
+	if (!m)
+		return -EINVAL;
+	if (!json_is_array(m) || json_array_size(m) == 0) {
+		snprintf(err, ERRLEN, "manifest.json: not a non-empty array");
+		goto out;
+	}
+	n = json_array_size(m);
+	ims = calloc(n, sizeof(*ims));
+	if (!ims) {
+		snprintf(err, ERRLEN, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		json_t *item = json_array_get(m, i);
+		const char *config = json_string_value(json_object_get(item, "Config"));
+		json_t *layers = json_object_get(item, "Layers");
+		json_t *tags = json_object_get(item, "RepoTags");
+		struct image_src *im = &ims[i];
+
+		if (!config || !json_is_array(layers)) {
+			snprintf(err, ERRLEN,
+				 "manifest.json: entry %zu lacks Config or Layers", i);
+			goto out;
+		}
+		if (!(im->config = input_path(dir, config, err)))
+			goto out;
+		digest_from_name(config, im->config_digest);
+		im->tags = json_is_array(tags) ? json_deep_copy(tags) : json_array();
+		im->n_layers = json_array_size(layers);
+		im->layers = calloc(im->n_layers ? im->n_layers : 1,
+				    sizeof(*im->layers));
+		if (!im->layers || !im->tags) {
+			snprintf(err, ERRLEN, "out of memory");
+			goto out;
+		}
+		for (size_t j = 0; j < im->n_layers; j++) {
+			const char *rel = json_string_value(json_array_get(layers, j));
+			if (!(im->layers[j].blob = input_path(dir, rel, err)))
+				goto out;
+			if (strncmp(rel, "blobs/sha256/", 13) == 0)
+				digest_from_name(rel, im->layers[j].digest);
+		}
+	}
+	r = 0;
+out:
+	json_decref(m);
+	if (r < 0) {
+		for (size_t i = 0; ims && i < n; i++)
+			image_free(&ims[i]);
+		free(ims);
+		return r;
+	}
+	*ret = ims;
+	*ret_n = n;
+	return 0;
+}
+
+/* A blob of an OCI layout, its digest checked now. */
+static char *oci_blob(const char *dir, const char *digest, const char *what,
+		      char hex[HEXLEN + 1], char err[ERRLEN])
+{
+	char rel[HEXLEN + 20], actual[HEXLEN + 1];
+	char *path;
+
+	if (!digest_parse(digest, hex)) {
+		snprintf(err, ERRLEN, "%s: not a sha256 digest: %s", what,
+			 digest ? digest : "(none)");
+		return NULL;
+	}
+	snprintf(rel, sizeof(rel), "blobs/sha256/%s", hex);
+	if (!(path = input_path(dir, rel, err)))
+		return NULL;
+	if (sha256_file(path, actual, err) < 0) {
+		free(path);
+		return NULL;
+	}
+	if (strcmp(actual, hex) != 0) {
+		snprintf(err, ERRLEN, "%s %s: digest mismatch: expected "
+			 "sha256:%s, got sha256:%s", what, rel, hex, actual);
+		free(path);
+		return NULL;
+	}
+	return path;
+}
+
+/* One manifest of an OCI layout into im. */
+static int read_oci_manifest(const char *dir, json_t *desc,
+			     struct image_src *im, char err[ERRLEN])
+{
+	char hex[HEXLEN + 1];
+	const char *digest = json_string_value(json_object_get(desc, "digest"));
+	char *mpath = oci_blob(dir, digest, "manifest", hex, err);
+	json_t *m = mpath ? load_json(mpath, "manifest", err) : NULL;
+	json_t *layers = json_object_get(m, "layers");
+	const char *ref = json_string_value(json_object_get(
+		json_object_get(desc, "annotations"),
+		"org.opencontainers.image.ref.name"));
+	int r = -EINVAL;
+
+	free(mpath);
+	if (!m)
+		return -EINVAL;
+	if (!json_is_array(layers)) {
+		snprintf(err, ERRLEN, "manifest %s: no layers", digest);
+		goto out;
+	}
+	im->config = oci_blob(dir, json_string_value(json_object_get(
+					   json_object_get(m, "config"), "digest")),
+			      "config", im->config_digest, err);
+	if (!im->config)
+		goto out;
+	im->tags = json_array();
+	if (ref) {
+		char *tag = normalize_tag(ref);
+		json_array_append_new(im->tags, json_string(tag ? tag : ref));
+		free(tag);
+	}
+	im->n_layers = json_array_size(layers);
+	im->layers = calloc(im->n_layers ? im->n_layers : 1, sizeof(*im->layers));
+	if (!im->layers) {
+		snprintf(err, ERRLEN, "out of memory");
+		goto out;
+	}
+	for (size_t j = 0; j < im->n_layers; j++) {
+		const char *d = json_string_value(
+			json_object_get(json_array_get(layers, j), "digest"));
+		if (!(im->layers[j].blob =
+			      oci_blob(dir, d, "layer", im->layers[j].digest, err)))
+			goto out;
+	}
+	r = 0;
+out:
+	json_decref(m);
+	return r;
+}
+
+static int read_oci(const char *dir, struct image_src **ret, size_t *ret_n,
+		    char err[ERRLEN])
+{
+	char *ipath = joined(dir, "index.json");
+	json_t *index = ipath ? load_json(ipath, "index.json", err) : NULL;
+	json_t *manifests = json_object_get(index, "manifests");
+	struct image_src *ims = NULL;
+	size_t n = json_array_size(manifests);
+	int r = -EINVAL;
+
+	free(ipath);
+	if (!index)
+		return -EINVAL;
+	if (n == 0) {
+		snprintf(err, ERRLEN, "index.json: no manifests");
+		goto out;
+	}
+	ims = calloc(n, sizeof(*ims));
+	if (!ims) {
+		snprintf(err, ERRLEN, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (read_oci_manifest(dir, json_array_get(manifests, i), &ims[i],
+				      err) < 0)
+			goto out;
+	r = 0;
+out:
+	json_decref(index);
+	if (r < 0) {
+		for (size_t i = 0; ims && i < n; i++)
+			image_free(&ims[i]);
+		free(ims);
+		return r;
+	}
+	*ret = ims;
+	*ret_n = n;
+	return 0;
+}
+
+/* ---- checking and staging -------------------------------------------- */
+
+static int check_config(struct image_src *im, char err[ERRLEN])
+{
+	char (*diff)[HEXLEN + 1] = NULL;
+	size_t n_diff = 0;
+	json_error_t jerr;
+	json_t *config;
+	int r;
+
+	im->config_bytes = read_file(im->config, &im->config_len, err);
+	if (!im->config_bytes)
+		return -EIO;
+	sha256_hex_of(im->config_bytes, im->config_len, im->id);
+	if (im->config_digest[0] && strcmp(im->config_digest, im->id) != 0) {
+		snprintf(err, ERRLEN, "config %s: digest mismatch: expected "
+			 "sha256:%s, got sha256:%s", im->config,
+			 im->config_digest, im->id);
+		return -EINVAL;
+	}
+	config = json_loadb(im->config_bytes, im->config_len, 0, &jerr);
+	if (!config) {
+		snprintf(err, ERRLEN, "config %s: bad JSON: %s", im->config,
+			 jerr.text);
+		return -EINVAL;
+	}
+	r = config_diff_ids(config, &diff, &n_diff, err);
+	json_decref(config);
+	if (r < 0)
+		return r;
+	if (n_diff != im->n_layers) {
+		snprintf(err, ERRLEN, "config %s: %zu diff_ids for %zu layers",
+			 im->config, n_diff, im->n_layers);
+		free(diff);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < n_diff; i++)
+		memcpy(im->layers[i].diff, diff[i], HEXLEN + 1);
+	free(diff);
+	return 0;
+}
+
+/* Check a layer's decompressed digest; extract it if the store lacks it. */
+static int stage_layer(const struct store *s, const char *staging,
+		       struct layer_src *L, size_t index, char err[ERRLEN])
+{
+	char actual[HEXLEN + 1];
+	int r = sha256_decompressed(L->blob, actual, err);
+
+	if (r < 0)
+		return r;
+	if (strcmp(actual, L->diff) != 0) {
+		snprintf(err, ERRLEN, "layer %s: diff_id mismatch: expected "
+			 "sha256:%s, got sha256:%s", L->blob, L->diff, actual);
+		return -EINVAL;
+	}
+	if (store_has_layer(s, L->diff)) {
+		L->size = L->files = -1;    /* counted if a new chain needs it */
+		return 0;
+	}
+	if (asprintf(&L->staged, "%s/layer-%zu-%s", staging, index, L->diff) < 0) {
+		L->staged = NULL;
+		snprintf(err, ERRLEN, "out of memory");
+		return -ENOMEM;
+	}
+	if (mkdir(L->staged, 0755) < 0) {
+		snprintf(err, ERRLEN, "%s: %s", L->staged, strerror(errno));
+		return -errno;
+	}
+	return extract_tar(L->blob, L->staged, L->blob, &L->files, &L->size, err);
+}
+
+/* ---- committing into the store --------------------------------------- */
+
+static int write_text(const char *dir, const char *name, const char *text,
+		      char err[ERRLEN])
+{
+	char *p = joined(dir, name);
+	int r = p ? write_file_atomic(p, text, strlen(text), err) : -ENOMEM;
+
+	free(p);
+	return r;
+}
+
+/* Entries and bytes of a tree already in the store (nftw has no user
+ * pointer, hence the statics; layerctl is single-threaded). */
+static long long walk_files, walk_size;
+
+static int count_one(const char *path, const struct stat *st, int flag,
+		     struct FTW *ftw)
+{
+	(void)path, (void)flag;
+	if (ftw->level > 0) {
+		walk_files++;
+		if (S_ISREG(st->st_mode))
+			walk_size += st->st_size;
+	}
+	return 0;
+}
+
+static int tree_stats(const char *dir, long long *ret_files,
+		      long long *ret_size)
+{
+	walk_files = walk_size = 0;
+	if (nftw(dir, count_one, 64, FTW_PHYS) < 0)
+		return -errno;
+	*ret_files = walk_files;
+	*ret_size = walk_size;
+	return 0;
+}
+
+/* layerdb/sha256/<chain>/{diff,parent,size,files} for each layer. */
+static int commit_layerdb(const struct store *s, const char *staging,
+			  struct image_src *im, char err[ERRLEN])
+{
+	char (*diff)[HEXLEN + 1] = calloc(im->n_layers, sizeof(*diff));
+	char (*chain)[HEXLEN + 1] = calloc(im->n_layers, sizeof(*chain));
+	int r = 0;
+
+	if (!diff || !chain) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < im->n_layers; i++)
+		memcpy(diff[i], im->layers[i].diff, HEXLEN + 1);
+	chain_ids(diff, im->n_layers, chain);
+	for (size_t i = 0; i < im->n_layers && r == 0; i++) {
+		char *final = store_path(s, "layerdb/sha256/%s", chain[i]);
+		char *tmp = NULL, text[160];
+		struct stat st;
+		if (!final || stat(final, &st) == 0) {
+			free(final);
+			continue;    /* already recorded */
+		}
+		if (asprintf(&tmp, "%s/chain-%s", staging, chain[i]) < 0 ||
+		    mkdir(tmp, 0700) < 0) {
+			r = -errno;
+			snprintf(err, ERRLEN, "layerdb: %s", strerror(errno));
+		}
+		snprintf(text, sizeof(text), "sha256:%s", diff[i]);
+		if (r == 0)
+			r = write_text(tmp, "diff", text, err);
+		if (r == 0 && i > 0) {
+			snprintf(text, sizeof(text), "sha256:%s", chain[i - 1]);
+			r = write_text(tmp, "parent", text, err);
+		}
+		struct layer_src *L = &im->layers[i];
+		if (r == 0 && L->files < 0) {
+			char *dir = store_path(s, "layers/sha256/%s", L->diff);
+			r = dir ? tree_stats(dir, &L->files, &L->size) : -ENOMEM;
+			free(dir);
+			if (r < 0)
+				snprintf(err, ERRLEN, "layer sha256:%s: %s",
+					 L->diff, strerror(-r));
+		}
+		snprintf(text, sizeof(text), "%lld", L->size);
+		if (r == 0)
+			r = write_text(tmp, "size", text, err);
+		snprintf(text, sizeof(text), "%lld", L->files);
+		if (r == 0)
+			r = write_text(tmp, "files", text, err);
+		if (r == 0 && rename(tmp, final) < 0) {
+			r = -errno;
+			snprintf(err, ERRLEN, "%s: %s", final, strerror(errno));
+		}
+		free(tmp);
+		free(final);
+	}
+out:
+	if (r == -ENOMEM)
+		snprintf(err, ERRLEN, "out of memory");
+	free(diff);
+	free(chain);
+	return r;
+}
+
+static int commit_image(const struct store *s, const char *staging,
+			struct image_src *im, const char *tag_override,
+			json_t *repos, char err[ERRLEN])
+{
+	int r = 0;
+
+	for (size_t i = 0; i < im->n_layers && r == 0; i++) {
+		struct layer_src *L = &im->layers[i];
+		if (!L->staged)
+			continue;
+		char *final = store_path(s, "layers/sha256/%s", L->diff);
+		if (!final)
+			r = -ENOMEM;
+		else if (rename(L->staged, final) < 0) {
+			/* Another import placed it meanwhile: keep theirs. */
+			if (errno != EEXIST && errno != ENOTEMPTY) {
+				r = -errno;
+				snprintf(err, ERRLEN, "%s: %s", final,
+					 strerror(errno));
+			}
+		} else {
+			free(L->staged);
+			L->staged = NULL;
+		}
+		free(final);
+	}
+	if (r == 0)
+		r = commit_layerdb(s, staging, im, err);
+	char *config_path = store_path(s, "imagedb/sha256/%s.json", im->id);
+	if (r == 0)
+		r = config_path ? write_file_atomic(config_path, im->config_bytes,
+						    im->config_len, err)
+				: -ENOMEM;
+	free(config_path);
+	if (r < 0)
+		return r;
+	char value[HEXLEN + 8];
+	snprintf(value, sizeof(value), "sha256:%s", im->id);
+	if (tag_override) {
+		char *tag = normalize_tag(tag_override);
+		json_decref(im->tags);
+		im->tags = json_array();
+		json_array_append_new(im->tags, json_string(tag ? tag : ""));
+		free(tag);
+	}
+	size_t i;
+	json_t *tag;
+	json_array_foreach(im->tags, i, tag)
+		if (json_string_value(tag))
+			json_object_set_new(repos, json_string_value(tag),
+					    json_string(value));
+	return 0;
+}
+
+/* ---- the verb ----------------------------------------------------------- */
+
+static int read_input(const char *dir, struct image_src **ims, size_t *n,
+		      char err[ERRLEN])
+{
+	char *index = joined(dir, "index.json");
+	char *manifest = joined(dir, "manifest.json");
+	bool oci = index && access(index, F_OK) == 0;
+	bool docker = manifest && access(manifest, F_OK) == 0;
+	int r;
+
+	free(index);
+	free(manifest);
+	/* Docker 25+ writes both; the OCI side names every blob by digest. */
+	if (oci)
+		r = read_oci(dir, ims, n, err);
+	else if (docker)
+		r = read_docker_save(dir, ims, n, err);
+	else {
+		snprintf(err, ERRLEN, "neither an OCI layout (index.json) nor a "
+			 "docker save archive (manifest.json)");
+		r = -EINVAL;
+	}
+	return r;
+}
+
+int cmd_import(struct store *s, int argc, char **argv)
+{
+	struct image_src *ims = NULL;
+	size_t n_ims = 0;
+	char err[ERRLEN] = "", *staging = NULL, *dir = NULL;
+	const char *input, *tag = NULL;
+	json_t *repos = NULL;
+	struct stat st;
+	int r = -EINVAL;
+
+	if (argc < 2 || argc > 3)
+		return fail_verb("import", "usage: layerctl import FILE|DIR [NAME:TAG]");
+	input = argv[1];
+	tag = argc == 3 ? argv[2] : NULL;
+	if (stat(input, &st) < 0) {
+		snprintf(err, ERRLEN, "%s: %s", input, strerror(errno));
+		return fail_verb("import", err);
+	}
+	if (!(staging = store_staging(s, err)))
+		return fail_verb("import", err);
+	if (S_ISDIR(st.st_mode)) {
+		dir = strdup(input);
+	} else {
+		long long files, size;
+		dir = joined(staging, "input");
+		r = dir && mkdir(dir, 0700) == 0
+			    ? extract_tar(input, dir, input, &files, &size, err)
+			    : -ENOMEM;
+		if (r < 0)
+			goto out;
+	}
+	if ((r = read_input(dir, &ims, &n_ims, err)) < 0)
+		goto out;
+	if (tag && n_ims != 1) {
+		snprintf(err, ERRLEN, "%s holds %zu images: a NAME:TAG names "
+			 "one", input, n_ims);
+		r = -EINVAL;
+		goto out;
+	}
+	for (size_t i = 0; i < n_ims && r == 0; i++) {
+		r = check_config(&ims[i], err);
+		for (size_t j = 0; j < ims[i].n_layers && r == 0; j++)
+			r = stage_layer(s, staging, &ims[i].layers[j], j, err);
+	}
+	if (r < 0)
+		goto out;
+	if (!(repos = store_load_repos(s, err))) {
+		r = -EINVAL;
+		goto out;
+	}
+	for (size_t i = 0; i < n_ims && r == 0; i++)
+		r = commit_image(s, staging, &ims[i], tag, repos, err);
+	if (r == 0)
+		r = store_save_repos(s, repos, err);
+	for (size_t i = 0; i < n_ims && r == 0; i++) {
+		const char *t = json_string_value(json_array_get(ims[i].tags, 0));
+		if (t)
+			printf("Loaded image: %s (sha256:%s)\n", t, ims[i].id);
+		else
+			printf("Loaded image ID: sha256:%s\n", ims[i].id);
+	}
+out:
+	json_decref(repos);
+	for (size_t i = 0; i < n_ims; i++)
+		image_free(&ims[i]);
+	free(ims);
+	free(dir);
+	if (staging) {
+		remove_tree(staging);
+		free(staging);
+	}
+	return r < 0 ? fail_verb("import", err) : 0;
+}

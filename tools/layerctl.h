@@ -1,0 +1,95 @@
+/*
+ * layerctl.h - the image tools' shared pieces: the store (store.c), sha256
+ * digests (digest.c) and the verbs (one file each, dispatched by
+ * layerctl.c).
+ *
+ * Errors follow the core's convention: functions return 0 or -errno and
+ * explain a failure in an `err` buffer; the verb prints
+ * "layerctl: <verb>: <err>" and exits 1.
+ */
+#ifndef LAYERCTL_H
+#define LAYERCTL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#define ERRLEN 1024
+#define HEXLEN 64
+
+/* ---- digest.c ---------------------------------------------------------- */
+
+struct sha256;    /* a running digest */
+
+struct sha256 *sha256_new(void);
+void sha256_update(struct sha256 *h, const void *data, size_t len);
+/* Finish into 64 hex digits + NUL and free h. */
+void sha256_final_hex(struct sha256 *h, char hex[HEXLEN + 1]);
+void sha256_hex_of(const void *data, size_t len, char hex[HEXLEN + 1]);
+/* sha256 of a whole file. */
+int sha256_file(const char *path, char hex[HEXLEN + 1], char err[ERRLEN]);
+/* sha256 of a (possibly gzip/zstd/xz compressed) file's decompressed
+ * bytes, decompressed by libarchive. */
+int sha256_decompressed(const char *path, char hex[HEXLEN + 1],
+			char err[ERRLEN]);
+/* "sha256:<64 hex>" -> hex; false if it is not that. */
+bool digest_parse(const char *digest, char hex[HEXLEN + 1]);
+bool is_hex64(const char *s);
+
+/* ---- store.c ----------------------------------------------------------- */
+
+struct store {
+	char *root;    /* owned */
+};
+
+int store_open(struct store *s, const char *root, bool create,
+	       char err[ERRLEN]);
+void store_close(struct store *s);
+/* A path inside the store (owned by the caller). */
+char *store_path(const struct store *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* A fresh staging directory under STORE/tmp (owned path). */
+char *store_staging(const struct store *s, char err[ERRLEN]);
+bool store_has_layer(const struct store *s, const char *diff_hex);
+
+/* repositories.json: "name:tag" -> "sha256:<id>". */
+json_t *store_load_repos(const struct store *s, char err[ERRLEN]);
+int store_save_repos(const struct store *s, json_t *repos, char err[ERRLEN]);
+/* "name" -> "name:latest"; owned. */
+char *normalize_tag(const char *ref);
+/* Resolve IMAGE (name[:tag], sha256:<id>, or an id prefix of 12+ hex). */
+int store_resolve_image(const struct store *s, const char *ref,
+			char id[HEXLEN + 1], char err[ERRLEN]);
+/* The image config (owned JSON). */
+json_t *store_load_config(const struct store *s, const char *id,
+			  char err[ERRLEN]);
+/* diff ids of an image, bottom first (owned array of hex strings). */
+int config_diff_ids(json_t *config, char (**ret)[HEXLEN + 1], size_t *ret_n,
+		    char err[ERRLEN]);
+/* Chain ids as Docker defines them, for diff ids bottom first. */
+void chain_ids(char (*diff)[HEXLEN + 1], size_t n, char (*chain)[HEXLEN + 1]);
+
+/* Write data to path atomically (temp file + rename). */
+int write_file_atomic(const char *path, const void *data, size_t len,
+		      char err[ERRLEN]);
+/* Read a whole file (owned, NUL-terminated). */
+char *read_file(const char *path, size_t *ret_len, char err[ERRLEN]);
+/* rm -rf. */
+int remove_tree(const char *path);
+int make_dirs(const char *path, mode_t mode);
+
+/* ---- the verbs ----------------------------------------------------------- */
+
+int cmd_import(struct store *s, int argc, char **argv);
+int cmd_images(struct store *s, int argc, char **argv);
+int cmd_inspect(struct store *s, int argc, char **argv);
+int cmd_mount(struct store *s, int argc, char **argv);
+int cmd_umount(struct store *s, int argc, char **argv);
+
+/* Print "layerctl: <verb>: <msg>" to stderr; returns 1 (the exit code). */
+int fail_verb(const char *verb, const char *msg);
+
+#endif /* LAYERCTL_H */
