@@ -395,7 +395,9 @@ static int read_oci_manifest(const char *dir, json_t *desc,
 	char hex[HEXLEN + 1];
 	const char *digest = json_string_value(json_object_get(desc, "digest"));
 	char *mpath = oci_blob(dir, digest, "manifest", hex, err);
-	json_t *m = mpath ? load_json(mpath, "manifest", err) : NULL;
+	char what[HEXLEN + 32];
+	snprintf(what, sizeof(what), "manifest sha256:%s", hex);
+	json_t *m = mpath ? load_json(mpath, what, err) : NULL;
 	json_t *layers = json_object_get(m, "layers");
 	const char *ref = json_string_value(json_object_get(
 		json_object_get(desc, "annotations"),
@@ -640,7 +642,9 @@ static int commit_layerdb(const struct store *s, const char *staging,
 		snprintf(text, sizeof(text), "%lld", L->files);
 		if (r == 0)
 			r = write_text(tmp, "files", text, err);
-		if (r == 0 && rename(tmp, final) < 0) {
+		/* Recorded meanwhile by another import: same content. */
+		if (r == 0 && rename(tmp, final) < 0 && errno != EEXIST &&
+		    errno != ENOTEMPTY) {
 			r = -errno;
 			snprintf(err, ERRLEN, "%s: %s", final, strerror(errno));
 		}
@@ -711,8 +715,8 @@ static int commit_image(const struct store *s, const char *staging,
 
 /* ---- the verb ----------------------------------------------------------- */
 
-static int read_input(const char *dir, struct image_src **ims, size_t *n,
-		      char err[ERRLEN])
+static int read_input(const char *dir, const char *input,
+		      struct image_src **ims, size_t *n, char err[ERRLEN])
 {
 	char *index = joined(dir, "index.json");
 	char *manifest = joined(dir, "manifest.json");
@@ -728,8 +732,8 @@ static int read_input(const char *dir, struct image_src **ims, size_t *n,
 	else if (docker)
 		r = read_docker_save(dir, ims, n, err);
 	else {
-		snprintf(err, ERRLEN, "neither an OCI layout (index.json) nor a "
-			 "docker save archive (manifest.json)");
+		snprintf(err, ERRLEN, "%s: neither an OCI layout (index.json) "
+			 "nor a docker save archive (manifest.json)", input);
 		r = -EINVAL;
 	}
 	return r;
@@ -743,7 +747,7 @@ int cmd_import(struct store *s, int argc, char **argv)
 	const char *input, *tag = NULL;
 	json_t *repos = NULL;
 	struct stat st;
-	int r = -EINVAL;
+	int r = -EINVAL, lock = -1;
 
 	if (argc < 2 || argc > 3)
 		return fail_verb("import", "usage: layerctl import FILE|DIR [NAME:TAG]");
@@ -766,7 +770,7 @@ int cmd_import(struct store *s, int argc, char **argv)
 		if (r < 0)
 			goto out;
 	}
-	if ((r = read_input(dir, &ims, &n_ims, err)) < 0)
+	if ((r = read_input(dir, input, &ims, &n_ims, err)) < 0)
 		goto out;
 	if (tag && n_ims != 1) {
 		snprintf(err, ERRLEN, "%s holds %zu images: a NAME:TAG names "
@@ -781,6 +785,12 @@ int cmd_import(struct store *s, int argc, char **argv)
 	}
 	if (r < 0)
 		goto out;
+	/* Commit under the store lock: tags are a read-modify-write. */
+	lock = store_lock(s, err);
+	if (lock < 0) {
+		r = lock;
+		goto out;
+	}
 	if (!(repos = store_load_repos(s, err))) {
 		r = -EINVAL;
 		goto out;
@@ -797,6 +807,7 @@ int cmd_import(struct store *s, int argc, char **argv)
 			printf("Loaded image ID: sha256:%s\n", ims[i].id);
 	}
 out:
+	store_unlock(lock);
 	json_decref(repos);
 	for (size_t i = 0; i < n_ims; i++)
 		image_free(&ims[i]);
@@ -806,5 +817,9 @@ out:
 		remove_tree(staging);
 		free(staging);
 	}
-	return r < 0 ? fail_verb("import", err) : 0;
+	if (r < 0) {
+		store_undo_skeleton(s);
+		return fail_verb("import", err);
+	}
+	return 0;
 }

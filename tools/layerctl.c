@@ -6,6 +6,7 @@
  * The store defaults to /var/lib/layerfs for root and
  * $XDG_DATA_HOME/layerfs (or ~/.local/share/layerfs) otherwise.
  */
+#include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,10 @@ int main(int argc, char **argv)
 	char *root = NULL;
 	int i = 1;
 
+	/* Layer tars carry UTF-8 names (pax headers): libarchive converts
+	 * them to the locale's charset, so the charset must be UTF-8. */
+	if (!setlocale(LC_CTYPE, "C.UTF-8"))
+		setlocale(LC_CTYPE, "");
 	for (; i < argc && argv[i][0] == '-'; i++) {
 		if (!strcmp(argv[i], "--store") && i + 1 < argc) {
 			free(root);

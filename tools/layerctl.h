@@ -43,11 +43,19 @@ bool is_hex64(const char *s);
 
 struct store {
 	char *root;    /* owned */
+	unsigned created;   /* skeleton dirs store_open made (bit i: dirs[i]) */
 };
 
 int store_open(struct store *s, const char *root, bool create,
 	       char err[ERRLEN]);
 void store_close(struct store *s);
+/* Remove the skeleton directories this store_open made, if still empty:
+ * a failed first command leaves no trace. */
+void store_undo_skeleton(struct store *s);
+/* Serialise the commit phase of writers (an flock on STORE/lock); returns
+ * an fd to pass to store_unlock, or -errno. */
+int store_lock(const struct store *s, char err[ERRLEN]);
+void store_unlock(int fd);
 /* A path inside the store (owned by the caller). */
 char *store_path(const struct store *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

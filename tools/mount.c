@@ -166,14 +166,42 @@ out:
 	return r < 0 ? fail_verb("mount", err) : 0;
 }
 
+/* Is path (made absolute) a mount point?  From /proc/self/mountinfo. */
+static bool is_mounted(const char *path)
+{
+	char real[PATH_MAX], *line = NULL;
+	size_t cap = 0;
+	bool found = false;
+	FILE *f;
+
+	if (!realpath(path, real) || !(f = fopen("/proc/self/mountinfo", "re")))
+		return false;
+	while (!found && getline(&line, &cap, f) > 0) {
+		char *save = NULL, *field = strtok_r(line, " ", &save);
+		for (int i = 0; field && i < 4; i++)
+			field = strtok_r(NULL, " ", &save);
+		/* Mount points with spaces are escaped as \040: compare the
+		 * plain ones only; fusermount3 handles the rest. */
+		found = field && strcmp(field, real) == 0;
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
 int cmd_umount(struct store *s, int argc, char **argv)
 {
+	char err[ERRLEN];
+
 	(void)s;
 	if (argc != 2)
 		return fail_verb("umount", "usage: layerctl umount MOUNTPOINT");
+	if (!strpbrk(argv[1], " \t\n\\") && !is_mounted(argv[1])) {
+		snprintf(err, sizeof(err), "%s: not mounted", argv[1]);
+		return fail_verb("umount", err);
+	}
 	char *args[] = { "fusermount3", "-u", argv[1], NULL };
 	if (run(args) < 0) {
-		char err[ERRLEN];
 		snprintf(err, sizeof(err), "%s: fusermount3 -u failed", argv[1]);
 		return fail_verb("umount", err);
 	}

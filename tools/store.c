@@ -17,6 +17,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,14 +44,18 @@ int make_dirs(const char *path, mode_t mode)
 	return r;
 }
 
+/* Parents before children, so undoing walks it backwards. */
+static const char *const skeleton[] = { "", "layers", "layers/sha256",
+					"layerdb", "layerdb/sha256", "imagedb",
+					"imagedb/sha256", "containers", "tmp" };
+#define N_SKELETON (sizeof(skeleton) / sizeof(*skeleton))
+
 int store_open(struct store *s, const char *root, bool create,
 	       char err[ERRLEN])
 {
-	static const char *const dirs[] = { "layers/sha256", "layerdb/sha256",
-					    "imagedb/sha256", "containers",
-					    "tmp" };
 	struct stat st;
 
+	s->created = 0;
 	s->root = strdup(root);
 	if (!s->root) {
 		snprintf(err, ERRLEN, "out of memory");
@@ -64,9 +69,14 @@ int store_open(struct store *s, const char *root, bool create,
 		}
 		return 0;
 	}
-	for (size_t i = 0; i < sizeof(dirs) / sizeof(*dirs); i++) {
-		char *p = store_path(s, "%s", dirs[i]);
-		int r = p ? make_dirs(p, 0700) : -ENOMEM;
+	for (size_t i = 0; i < N_SKELETON; i++) {
+		char *p = store_path(s, "%s", skeleton[i]);
+		int r = p ? 0 : -ENOMEM;
+		if (r == 0 && stat(p, &st) < 0) {
+			r = make_dirs(p, 0700);
+			if (r == 0)
+				s->created |= 1u << i;
+		}
 		free(p);
 		if (r < 0) {
 			snprintf(err, ERRLEN, "store %s: %s", root, strerror(-r));
@@ -74,6 +84,42 @@ int store_open(struct store *s, const char *root, bool create,
 		}
 	}
 	return 0;
+}
+
+void store_undo_skeleton(struct store *s)
+{
+	for (size_t i = N_SKELETON; i-- > 0;) {
+		if (!(s->created & (1u << i)))
+			continue;
+		char *p = store_path(s, "%s", skeleton[i]);
+		if (p)
+			rmdir(p);
+		free(p);
+	}
+	s->created = 0;
+}
+
+int store_lock(const struct store *s, char err[ERRLEN])
+{
+	char *p = store_path(s, "lock");
+	int fd = p ? open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
+
+	if (fd < 0 || flock(fd, LOCK_EX) < 0) {
+		snprintf(err, ERRLEN, "store lock %s: %s", p ? p : "",
+			 strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		free(p);
+		return -errno;
+	}
+	free(p);
+	return fd;
+}
+
+void store_unlock(int fd)
+{
+	if (fd >= 0)
+		close(fd);    /* releases the flock */
 }
 
 void store_close(struct store *s)
