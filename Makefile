@@ -26,7 +26,7 @@ DEPS_STAMP := build/.deps-ok
 # The union core: no FUSE in it (enforced by `core-is-fuse-free`).
 CORE_SRCS := fs/layer.c fs/whiteout.c fs/dirindex.c fs/node.c fs/lookup.c \
              fs/readdir.c fs/inomap.c fs/options.c fs/pathbuf.c fs/fs.c \
-             fs/file.c fs/xattr.c fs/layercache.c
+             fs/file.c fs/xattr.c fs/layercache.c fs/explain.c
 FUSE_SRCS := fs/fuse_ops.c fs/fuse_main.c
 CORE_OBJS := $(CORE_SRCS:%.c=build/%.o)
 FUSE_OBJS := $(FUSE_SRCS:%.c=build/%.o)
@@ -58,11 +58,12 @@ build/fs/fuse_%.o: fs/fuse_%.c $(wildcard include/*.h fs/*.h) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(FUSE_CFLAGS) -c $< -o $@
 
-build/tools/%.o: tools/%.c $(wildcard tools/*.h) | $(DEPS_STAMP)
+build/tools/%.o: tools/%.c $(wildcard tools/*.h include/*.h) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(TOOL_CFLAGS) -c $< -o $@
 
-bin/layerctl: $(TOOL_OBJS)
+# The tools link the union core (never the FUSE adapter).
+bin/layerctl: $(TOOL_OBJS) build/liblayerfs-core.a
 	@mkdir -p bin
 	$(CC) $(LDFLAGS) -o $@ $^ $(TOOL_LIBS)
 

@@ -98,6 +98,21 @@ void lfs_stack_free(struct lfs_stack *stack);
 bool lfs_layer_digest_from_path(const char *path, char digest[65]);
 
 /* ------------------------------------------------------------------ */
+/* explain.c: what one layer alone says about a path (layerctl which)  */
+
+struct lfs_layer_view {
+	bool parent_exists;    /* the path's directory exists in the layer */
+	bool parent_opaque;    /* ... and is marked opaque there */
+	enum { LFS_VIEW_ABSENT, LFS_VIEW_OBJECT, LFS_VIEW_WHITEOUT } what;
+	unsigned char type;    /* DT_* of an object */
+	const char *format;    /* a whiteout's on-disk format, static text */
+};
+
+/* path relative to the layer root ("a/b"; leading slashes ignored). */
+int lfs_layer_view(const struct lfs_stack *stack, uint32_t layer,
+		   const char *path, struct lfs_layer_view *ret);
+
+/* ------------------------------------------------------------------ */
 /* fs.c: one merged filesystem                                         */
 
 struct lfs_fs;

@@ -1,6 +1,6 @@
 /*
  * layerctl.c - the image tools: option parsing and a table of verbs, one
- * file per verb (import.c, inspect.c, mount.c).
+ * file per concern (import.c, inspect.c, mount.c, export.c, maintain.c).
  *
  *   layerctl [--store DIR] VERB ARGS...
  * The store defaults to /var/lib/layerfs for root and
@@ -28,6 +28,11 @@ static const struct verb verbs[] = {
 	{ "mount", cmd_mount, false,
 	  "mount IMAGE MOUNTPOINT [--name C] [--read-only]" },
 	{ "umount", cmd_umount, false, "umount MOUNTPOINT" },
+	{ "which", cmd_which, false, "which IMAGE PATH" },
+	{ "export", cmd_export, false, "export IMAGE FILE|DIR [--format docker|oci]" },
+	{ "rm", cmd_rm, false, "rm IMAGE..." },
+	{ "gc", cmd_gc, false, "gc" },
+	{ "verify", cmd_verify, false, "verify IMAGE..." },
 };
 
 int fail_verb(const char *verb, const char *msg)

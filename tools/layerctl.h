@@ -96,6 +96,11 @@ int cmd_images(struct store *s, int argc, char **argv);
 int cmd_inspect(struct store *s, int argc, char **argv);
 int cmd_mount(struct store *s, int argc, char **argv);
 int cmd_umount(struct store *s, int argc, char **argv);
+int cmd_which(struct store *s, int argc, char **argv);     /* which.c */
+int cmd_export(struct store *s, int argc, char **argv);    /* export.c */
+int cmd_rm(struct store *s, int argc, char **argv);        /* maintain.c */
+int cmd_gc(struct store *s, int argc, char **argv);        /* maintain.c */
+int cmd_verify(struct store *s, int argc, char **argv);    /* maintain.c */
 
 /* Print "layerctl: <verb>: <msg>" to stderr; returns 1 (the exit code). */
 int fail_verb(const char *verb, const char *msg);
