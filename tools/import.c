@@ -665,6 +665,18 @@ static int commit_image(const struct store *s, const char *staging,
 {
 	int r = 0;
 
+	/* A layer found in the store before the lock was taken may have
+	 * been collected since (layerctl gc): check again, under the lock. */
+	for (size_t i = 0; i < im->n_layers; i++) {
+		if (!im->layers[i].staged &&
+		    !store_has_layer(s, im->layers[i].diff)) {
+			snprintf(err, ERRLEN, "layer sha256:%s left the store "
+				 "during the import (gc?); import again",
+				 im->layers[i].diff);
+			return -EAGAIN;
+		}
+	}
+
 	for (size_t i = 0; i < im->n_layers && r == 0; i++) {
 		struct layer_src *L = &im->layers[i];
 		if (!L->staged)
