@@ -33,6 +33,7 @@ import test_dirs                    # noqa: E402,F401
 import test_files                   # noqa: E402,F401
 import test_cache                   # noqa: E402,F401
 import test_layerctl                # noqa: E402,F401
+import test_layerctl_export  # noqa: E402,F401
 import test_layerctl_maintain  # noqa: E402,F401
 import test_layerctl_which          # noqa: E402,F401
 import test_kernel                  # noqa: E402,F401
