@@ -550,7 +550,18 @@ static int stage_layer(const struct store *s, const char *staging,
 		snprintf(err, ERRLEN, "%s: %s", L->staged, strerror(errno));
 		return -errno;
 	}
-	return extract_tar(L->blob, L->staged, L->blob, &L->files, &L->size, err);
+	r = extract_tar(L->blob, L->staged, L->blob, &L->files, &L->size, err);
+	if (r < 0)
+		return r;
+	/* So that export can give back these very bytes (tarsplit.c). */
+	char *split = NULL;
+	if (asprintf(&split, "%s.tarsplit", L->staged) < 0) {
+		snprintf(err, ERRLEN, "out of memory");
+		return -ENOMEM;
+	}
+	r = tarsplit_record(L->blob, split, err);
+	free(split);
+	return r == -ENOTSUP ? 0 : r;
 }
 
 /* ---- committing into the store --------------------------------------- */
@@ -682,6 +693,22 @@ static int commit_image(const struct store *s, const char *staging,
 		if (!L->staged)
 			continue;
 		char *final = store_path(s, "layers/sha256/%s", L->diff);
+		char *split = NULL, *final_split = NULL;
+		/* The layout record first: a layer in the store has its
+		 * record, if it ever gets one. */
+		if (final && asprintf(&split, "%s.tarsplit", L->staged) >= 0 &&
+		    asprintf(&final_split, "%s.tarsplit", final) >= 0 &&
+		    access(split, F_OK) == 0 && rename(split, final_split) < 0) {
+			r = -errno;
+			snprintf(err, ERRLEN, "%s: %s", final_split,
+				 strerror(errno));
+		}
+		free(split);
+		free(final_split);
+		if (r < 0) {
+			free(final);
+			break;
+		}
 		if (!final)
 			r = -ENOMEM;
 		else if (rename(L->staged, final) < 0) {

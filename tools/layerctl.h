@@ -89,6 +89,16 @@ char *read_file(const char *path, size_t *ret_len, char err[ERRLEN]);
 int remove_tree(const char *path);
 int make_dirs(const char *path, mode_t mode);
 
+/* ---- tarsplit.c: a layer tar's bytes besides file contents ------------ */
+
+/* Record blob's (any compression) layout into dest; -ENOTSUP (and no
+ * file) for a tar it cannot describe. */
+int tarsplit_record(const char *blob, const char *dest, char err[ERRLEN]);
+/* Write the original tar to out_fd from the record and the extracted
+ * layer; hex gets its sha256 (the caller compares with the diff_id). */
+int tarsplit_rebuild(const char *skeleton, const char *layer_dir, int out_fd,
+		     char hex[HEXLEN + 1], long long *ret_size, char err[ERRLEN]);
+
 /* ---- the verbs ----------------------------------------------------------- */
 
 int cmd_import(struct store *s, int argc, char **argv);

@@ -502,6 +502,12 @@ int cmd_gc(struct store *s, int argc, char **argv)
 		if (p && delete_atomically(s, p, &bytes, err) == 0) {
 			printf("Deleted layer: sha256:%s\n", de->d_name);
 			n_layers++;
+			/* and its tar layout record (tarsplit.c), if any */
+			char *split = store_path(s, "layers/sha256/%s.tarsplit",
+						 de->d_name);
+			if (split)
+				unlink(split);
+			free(split);
 		} else {
 			status = fail_verb("gc", p ? err : "out of memory");
 		}

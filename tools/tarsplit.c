@@ -1,0 +1,342 @@
+/*
+ * tarsplit.c - keep what a layer tar holds besides file contents, so that
+ * export can give back the very bytes that were imported.
+ *
+ * A layer's diff_id is the sha256 of its uncompressed tar, and the
+ * extracted tree does not remember header formats, entry order or padding.
+ * So at import every byte of the decompressed stream that is not a regular
+ * file's content is kept in STORE/layers/sha256/<diff_id>.tarsplit, with a
+ * reference to the extracted file in place of each content; export streams
+ * the two back together and checks the result against the diff_id.  (The
+ * idea is containers/storage's tar-split; the format is ours.)
+ *
+ * Where each content lies in the stream comes from libarchive, not from
+ * parsing tar here: an entry's content ends where the next header begins,
+ * padded to 512 bytes.  Sparse entries break that rule; a tar holding one
+ * gets no tarsplit file, and export re-packs it instead.
+ *
+ * File: "LFSTSPL1", then records, each a kind byte and a little-endian
+ * 64-bit length: RAW (that many bytes follow), FILE (that many content
+ * bytes, then a 16-bit path length and the path, relative to the layer),
+ * END (length 0).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <archive.h>
+#include <archive_entry.h>
+
+#include "layerctl.h"
+
+#define TARSPLIT_MAGIC "LFSTSPL1"
+enum { REC_RAW = 1, REC_FILE = 2, REC_END = 3 };
+
+struct content {
+	long long start, size;    /* in the decompressed stream */
+	char *path;               /* owned, as the tar names it */
+};
+
+struct content_list {
+	struct content *items;
+	size_t n, cap;
+};
+
+static void contents_free(struct content_list *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->items[i].path);
+	free(l->items);
+}
+
+/* Pass 1: where each regular file's content lies.  -ENOTSUP for a tar
+ * this scheme cannot describe (sparse entries). */
+static int find_contents(const char *blob, struct content_list *out,
+			 char err[ERRLEN])
+{
+	struct archive *a = archive_read_new();
+	struct archive_entry *e;
+	long long prev_size = -1;   /* content size of the previous entry */
+	int r = 0, ar;
+
+	if (!a)
+		return -ENOMEM;
+	archive_read_support_filter_all(a);
+	archive_read_support_format_tar(a);
+	if (archive_read_open_filename(a, blob, 1 << 16) != ARCHIVE_OK) {
+		snprintf(err, ERRLEN, "%s: %s", blob, archive_error_string(a));
+		archive_read_free(a);
+		return -EIO;
+	}
+	for (;;) {
+		ar = archive_read_next_header(a, &e);
+		long long pos = archive_read_header_position(a);
+		/* The previous content ends, padded, where this header (or the
+		 * end marker) begins. */
+		if (prev_size > 0)
+			out->items[out->n - 1].start = pos - ((prev_size + 511) & ~511LL);
+		prev_size = -1;
+		if (ar != ARCHIVE_OK)
+			break;
+		if (archive_entry_sparse_count(e) > 0) {
+			r = -ENOTSUP;
+			break;
+		}
+		if (archive_entry_filetype(e) != AE_IFREG ||
+		    archive_entry_hardlink(e) || archive_entry_size(e) <= 0)
+			continue;
+		if (out->n == out->cap) {
+			size_t cap = out->cap ? out->cap * 2 : 64;
+			struct content *grown = realloc(out->items,
+							cap * sizeof(*grown));
+			if (!grown) {
+				r = -ENOMEM;
+				break;
+			}
+			out->items = grown;
+			out->cap = cap;
+		}
+		struct content *c = &out->items[out->n];
+		c->size = archive_entry_size(e);
+		c->path = strdup(archive_entry_pathname(e));
+		if (!c->path) {
+			r = -ENOMEM;
+			break;
+		}
+		out->n++;
+		prev_size = c->size;
+	}
+	if (r == 0 && ar != ARCHIVE_EOF) {
+		snprintf(err, ERRLEN, "%s: %s", blob, archive_error_string(a));
+		r = -EIO;
+	}
+	archive_read_free(a);
+	return r;
+}
+
+static int put_record(FILE *f, int kind, unsigned long long len)
+{
+	unsigned char hdr[9];
+
+	hdr[0] = (unsigned char)kind;
+	for (int i = 0; i < 8; i++)
+		hdr[1 + i] = (unsigned char)(len >> (8 * i));
+	return fwrite(hdr, 1, sizeof(hdr), f) == sizeof(hdr) ? 0 : -EIO;
+}
+
+/* Pass 2: copy the raw stream, contents replaced by references. */
+static int write_skeleton(const char *blob, const struct content_list *l,
+			  FILE *f, char err[ERRLEN])
+{
+	struct archive *a = archive_read_new();
+	struct archive_entry *e;
+	char buf[1 << 16];
+	long long pos = 0;
+	size_t next = 0;
+	int r = 0;
+
+	if (!a)
+		return -ENOMEM;
+	archive_read_support_filter_all(a);
+	archive_read_support_format_raw(a);
+	if (archive_read_open_filename(a, blob, sizeof(buf)) != ARCHIVE_OK ||
+	    archive_read_next_header(a, &e) != ARCHIVE_OK) {
+		snprintf(err, ERRLEN, "%s: %s", blob, archive_error_string(a));
+		archive_read_free(a);
+		return -EIO;
+	}
+	if (fwrite(TARSPLIT_MAGIC, 1, 8, f) != 8)
+		r = -EIO;
+	for (;;) {
+		la_ssize_t n = r == 0 ? archive_read_data(a, buf, sizeof(buf)) : 0;
+		if (n <= 0) {
+			if (n < 0) {
+				snprintf(err, ERRLEN, "%s: %s", blob,
+					 archive_error_string(a));
+				r = -EIO;
+			}
+			break;
+		}
+		/* Split this chunk at content boundaries. */
+		for (long long off = 0; off < n && r == 0;) {
+			const struct content *c = next < l->n ? &l->items[next] : NULL;
+			long long chunk_end = pos + (n - off);
+			if (c && pos >= c->start) {
+				/* Inside content c: skip it, once recorded. */
+				long long skip = c->start + c->size - pos;
+				if (skip > n - off)
+					skip = n - off;
+				if (pos == c->start) {
+					size_t plen = strlen(c->path);
+					unsigned char pl[2] = { plen & 0xff, plen >> 8 };
+					if (plen > 0xffff ||
+					    put_record(f, REC_FILE, (unsigned long long)c->size) ||
+					    fwrite(pl, 1, 2, f) != 2 ||
+					    fwrite(c->path, 1, plen, f) != plen)
+						r = -EIO;
+				}
+				off += skip;
+				pos += skip;
+				if (pos == c->start + c->size)
+					next++;
+				continue;
+			}
+			long long raw_end = c && c->start < chunk_end ? c->start
+								      : chunk_end;
+			unsigned long long len = (unsigned long long)(raw_end - pos);
+			if (put_record(f, REC_RAW, len) ||
+			    fwrite(buf + off, 1, len, f) != len)
+				r = -EIO;
+			off += (long long)len;
+			pos = raw_end;
+		}
+	}
+	if (r == 0 && next != l->n) {
+		snprintf(err, ERRLEN, "%s: tar contents out of place", blob);
+		r = -EIO;
+	}
+	if (r == 0 && put_record(f, REC_END, 0))
+		r = -EIO;
+	archive_read_free(a);
+	return r;
+}
+
+int tarsplit_record(const char *blob, const char *dest, char err[ERRLEN])
+{
+	struct content_list l = { 0 };
+	FILE *f = NULL;
+	int r = find_contents(blob, &l, err);
+
+	if (r == 0 && !(f = fopen(dest, "wbe")))
+		r = -errno;
+	if (r == 0)
+		r = write_skeleton(blob, &l, f, err);
+	if (f && fclose(f) != 0 && r == 0)
+		r = -EIO;
+	if (r < 0) {
+		unlink(dest);
+		if (!err[0] || r == -EIO)
+			snprintf(err, ERRLEN, "%s: cannot record its tar layout", blob);
+	}
+	contents_free(&l);
+	return r;
+}
+
+static int get_record(FILE *f, int *kind, unsigned long long *len)
+{
+	unsigned char hdr[9];
+
+	if (fread(hdr, 1, sizeof(hdr), f) != sizeof(hdr))
+		return -EIO;
+	*kind = hdr[0];
+	*len = 0;
+	for (int i = 7; i >= 0; i--)
+		*len = (*len << 8) | hdr[1 + i];
+	return 0;
+}
+
+/* Copy len bytes from in (FILE or fd) to out, hashing them. */
+static int copy_out(FILE *in, int in_fd, unsigned long long len, int out_fd,
+		    struct sha256 *h)
+{
+	char buf[1 << 16];
+
+	while (len > 0) {
+		size_t want = len < sizeof(buf) ? (size_t)len : sizeof(buf);
+		ssize_t got = in ? (ssize_t)fread(buf, 1, want, in)
+				 : read(in_fd, buf, want);
+		if (got <= 0)
+			return -EIO;
+		sha256_update(h, buf, (size_t)got);
+		if (write(out_fd, buf, (size_t)got) != got)
+			return -errno;
+		len -= (unsigned long long)got;
+	}
+	return 0;
+}
+
+int tarsplit_rebuild(const char *skeleton, const char *layer_dir,
+		     int out_fd, char hex[HEXLEN + 1], long long *ret_size,
+		     char err[ERRLEN])
+{
+	FILE *f = fopen(skeleton, "rbe");
+	int dir = open(layer_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct sha256 *h = sha256_new();
+	char magic[8], path[PATH_MAX];
+	long long size = 0;
+	int r = 0;
+
+	if (!f || dir < 0 || !h || fread(magic, 1, 8, f) != 8 ||
+	    memcmp(magic, TARSPLIT_MAGIC, 8) != 0) {
+		snprintf(err, ERRLEN, "%s: not a tar layout record", skeleton);
+		r = -EINVAL;
+		goto out;
+	}
+	for (;;) {
+		int kind;
+		unsigned long long len;
+		if (get_record(f, &kind, &len) < 0) {
+			r = -EIO;
+			break;
+		}
+		if (kind == REC_END)
+			break;
+		if (kind == REC_RAW) {
+			r = copy_out(f, -1, len, out_fd, h);
+		} else if (kind == REC_FILE) {
+			unsigned char pl[2];
+			size_t plen;
+			if (fread(pl, 1, 2, f) != 2 ||
+			    (plen = (size_t)(pl[0] | pl[1] << 8)) >= sizeof(path) ||
+			    fread(path, 1, plen, f) != plen) {
+				r = -EIO;
+				break;
+			}
+			path[plen] = '\0';
+			/* Resolved beneath the layer, never through a link. */
+			int fd = openat(dir, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			if (fd < 0) {
+				snprintf(err, ERRLEN, "%s: %.300s: %s", layer_dir, path,
+					 strerror(errno));
+				r = -errno;
+				break;
+			}
+			struct stat st;
+			if (fstat(fd, &st) < 0 ||
+			    (unsigned long long)st.st_size != len) {
+				snprintf(err, ERRLEN, "%s: %.300s: changed since "
+					 "import", layer_dir, path);
+				close(fd);
+				r = -ESTALE;
+				break;
+			}
+			r = copy_out(NULL, fd, len, out_fd, h);
+			close(fd);
+			if (r < 0)
+				snprintf(err, ERRLEN, "%s: %.300s: shorter than when "
+					 "imported", layer_dir, path);
+		} else {
+			r = -EIO;
+		}
+		if (r < 0)
+			break;
+		size += (long long)len;
+	}
+	if (r < 0 && !err[0])
+		snprintf(err, ERRLEN, "%s: damaged tar layout record", skeleton);
+out:
+	if (h)
+		sha256_final_hex(h, hex);
+	if (f)
+		fclose(f);
+	if (dir >= 0)
+		close(dir);
+	if (r == 0)
+		*ret_size = size;
+	return r;
+}
