@@ -281,6 +281,13 @@ static void image_free(struct image_src *im)
 	json_decref(im->tags);
 }
 
+static void images_free(struct image_src *ims, size_t n)
+{
+	for (size_t i = 0; ims && i < n; i++)
+		image_free(&ims[i]);
+	free(ims);
+}
+
 static json_t *load_json(const char *path, const char *what, char err[ERRLEN])
 {
 	json_error_t jerr;
@@ -350,9 +357,7 @@ static int read_docker_save(const char *dir, struct image_src **ret,
 out:
 	json_decref(m);
 	if (r < 0) {
-		for (size_t i = 0; ims && i < n; i++)
-			image_free(&ims[i]);
-		free(ims);
+		images_free(ims, n);
 		return r;
 	}
 	*ret = ims;
@@ -471,9 +476,7 @@ static int read_oci(const char *dir, struct image_src **ret, size_t *ret_n,
 out:
 	json_decref(index);
 	if (r < 0) {
-		for (size_t i = 0; ims && i < n; i++)
-			image_free(&ims[i]);
-		free(ims);
+		images_free(ims, n);
 		return r;
 	}
 	*ret = ims;
@@ -848,9 +851,7 @@ int cmd_import(struct store *s, int argc, char **argv)
 out:
 	store_unlock(lock);
 	json_decref(repos);
-	for (size_t i = 0; i < n_ims; i++)
-		image_free(&ims[i]);
-	free(ims);
+	images_free(ims, n_ims);
 	free(dir);
 	if (staging) {
 		remove_tree(staging);
