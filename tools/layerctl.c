@@ -28,6 +28,7 @@ static const struct verb verbs[] = {
 	{ "mount", cmd_mount, false,
 	  "mount IMAGE MOUNTPOINT [--name C] [--read-only]" },
 	{ "umount", cmd_umount, false, "umount MOUNTPOINT" },
+	{ "ps", cmd_ps, false, "ps" },
 	{ "which", cmd_which, false, "which IMAGE PATH" },
 	{ "export", cmd_export, false, "export IMAGE FILE|DIR [--format docker|oci]" },
 	{ "rm", cmd_rm, false, "rm IMAGE..." },

@@ -107,6 +107,7 @@ int cmd_inspect(struct store *s, int argc, char **argv);
 int cmd_mount(struct store *s, int argc, char **argv);
 int cmd_umount(struct store *s, int argc, char **argv);
 int cmd_which(struct store *s, int argc, char **argv);     /* which.c */
+int cmd_ps(struct store *s, int argc, char **argv);        /* mount.c */
 int cmd_export(struct store *s, int argc, char **argv);    /* export.c */
 int cmd_rm(struct store *s, int argc, char **argv);        /* maintain.c */
 int cmd_gc(struct store *s, int argc, char **argv);        /* maintain.c */

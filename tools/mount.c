@@ -3,6 +3,7 @@
  * `layerctl umount MOUNTPOINT`: run layerfs over an image's layers, top-most
  * first, with container C's upper and work directories.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -80,6 +81,113 @@ static char *lowerdir_of(const struct store *s, char (*diff)[HEXLEN + 1],
 	return out;
 }
 
+/* containers/<name>/container.json: which image the container runs. */
+static int record_container(const struct store *s, const char *name,
+			    const char *id, const char *ref, char err[ERRLEN])
+{
+	char *path = store_path(s, "containers/%s/container.json", name);
+	char image[HEXLEN + 8];
+	json_t *j;
+	char *text;
+	int r;
+
+	snprintf(image, sizeof(image), "sha256:%s", id);
+	j = json_pack("{s:s, s:s, s:s}", "Name", name, "Image", image,
+		      "ImageRef", ref);
+	text = j ? json_dumps(j, JSON_SORT_KEYS) : NULL;
+	r = path && text ? write_file_atomic(path, text, strlen(text), err)
+			 : -ENOMEM;
+	if (r == -ENOMEM)
+		snprintf(err, ERRLEN, "out of memory");
+	json_decref(j);
+	free(text);
+	free(path);
+	return r;
+}
+
+/* The mount point of the running layerfs whose options name upper, or
+ * NULL (owned). */
+static char *mount_of(const char *upper)
+{
+	DIR *proc = opendir("/proc");
+	struct dirent *de;
+	char *found = NULL, needle[PATH_MAX + 16];
+
+	snprintf(needle, sizeof(needle), "upperdir=%s", upper);
+	while (proc && !found && (de = readdir(proc))) {
+		char path[64], buf[16384];
+		if (strspn(de->d_name, "0123456789") != strlen(de->d_name))
+			continue;
+		snprintf(path, sizeof(path), "/proc/%.32s/cmdline", de->d_name);
+		FILE *f = fopen(path, "re");
+		size_t len = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+		if (f)
+			fclose(f);
+		buf[len] = '\0';
+		const char *base = strrchr(buf, '/');
+		if (strcmp(base ? base + 1 : buf, "layerfs") != 0)
+			continue;
+		/* argv: ... -o OPTIONS MOUNTPOINT, NUL-separated */
+		bool names_upper = false;
+		const char *last = buf;
+		for (const char *a = buf; a < buf + len; a += strlen(a) + 1) {
+			const char *hit = strstr(a, needle);
+			if (hit && (hit[strlen(needle)] == ',' ||
+				    hit[strlen(needle)] == '\0'))
+				names_upper = true;
+			last = a;
+		}
+		if (names_upper)
+			found = strdup(last);
+	}
+	if (proc)
+		closedir(proc);
+	return found;
+}
+
+int cmd_ps(struct store *s, int argc, char **argv)
+{
+	char *dir_path = store_path(s, "containers");
+	DIR *dir = dir_path ? opendir(dir_path) : NULL;
+	struct dirent *de;
+
+	(void)argv;
+	if (argc != 1) {
+		free(dir_path);
+		return fail_verb("ps", "usage: layerctl ps");
+	}
+	printf("%-20s %-14s %-30s %s\n", "NAME", "IMAGE ID", "IMAGE", "MOUNTED ON");
+	while (dir && (de = readdir(dir))) {
+		char err[ERRLEN], *cfg, *upper;
+		json_t *j;
+		if (de->d_name[0] == '.')
+			continue;
+		cfg = store_path(s, "containers/%s/container.json", de->d_name);
+		upper = store_path(s, "containers/%s/upper", de->d_name);
+		char *text = cfg ? read_file(cfg, NULL, err) : NULL;
+		j = text ? json_loads(text, 0, NULL) : NULL;
+		char *real = upper ? realpath(upper, NULL) : NULL;
+		char *mnt = real ? mount_of(real) : NULL;
+		const char *image = json_string_value(json_object_get(j, "Image"));
+		printf("%-20s %-14.12s %-30s %s\n", de->d_name,
+		       image && strlen(image) > 7 ? image + 7 : "-",
+		       json_string_value(json_object_get(j, "ImageRef"))
+			       ? json_string_value(json_object_get(j, "ImageRef"))
+			       : "-",
+		       mnt ? mnt : "-");
+		json_decref(j);
+		free(text);
+		free(cfg);
+		free(upper);
+		free(real);
+		free(mnt);
+	}
+	if (dir)
+		closedir(dir);
+	free(dir_path);
+	return 0;
+}
+
 int cmd_mount(struct store *s, int argc, char **argv)
 {
 	const char *image = NULL, *mnt = NULL, *name = NULL;
@@ -153,10 +261,14 @@ int cmd_mount(struct store *s, int argc, char **argv)
 		r = -ENOMEM;
 		goto out;
 	}
-	char *args[] = { prog, "-o", opts, (char *)mnt, NULL };
+	char *real = realpath(mnt, NULL);
+	char *args[] = { prog, "-o", opts, real ? real : (char *)mnt, NULL };
 	r = run(args);
+	free(real);
 	if (r < 0)
 		snprintf(err, ERRLEN, "%s on %s: layerfs failed", image, mnt);
+	if (r == 0 && upper)
+		r = record_container(s, name, id, image, err);
 out:
 	free(lower);
 	free(opts);

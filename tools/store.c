@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +57,16 @@ int store_open(struct store *s, const char *root, bool create,
 	struct stat st;
 
 	s->created = 0;
-	s->root = strdup(root);
+	/* Absolute, so the paths handed to layerfs (which moves to "/") and
+	 * found later in its command line are the same strings. */
+	if (root[0] == '/') {
+		s->root = strdup(root);
+	} else {
+		char cwd[PATH_MAX];
+		if (!getcwd(cwd, sizeof(cwd)) ||
+		    asprintf(&s->root, "%s/%s", cwd, root) < 0)
+			s->root = NULL;
+	}
 	if (!s->root) {
 		snprintf(err, ERRLEN, "out of memory");
 		return -ENOMEM;
