@@ -53,6 +53,35 @@ struct image_src {
 	size_t n_layers;
 };
 
+/* ---- progress on a terminal ------------------------------------------- */
+
+/* Shown only when stderr is a terminal: large images take a while, and a
+ * script reading our output wants none of it. */
+static struct {
+	bool on;
+	size_t layer, n_layers;     /* the layer being extracted, 1-based */
+	long long bytes, shown;     /* extracted so far; at the last line */
+} progress;
+
+static void progress_add(long long bytes, bool force)
+{
+	if (!progress.on)
+		return;
+	progress.bytes += bytes;
+	if (!force && progress.bytes - progress.shown < (4 << 20))
+		return;
+	progress.shown = progress.bytes;
+	fprintf(stderr, "\rimport: layer %zu/%zu, %lld MiB extracted ",
+		progress.layer, progress.n_layers, progress.bytes >> 20);
+}
+
+static void progress_end(void)
+{
+	if (progress.on && progress.shown > 0)
+		fputc('\n', stderr);
+	progress.on = false;
+}
+
 /* ---- safe paths inside the input ------------------------------------- */
 
 /* A relative path with no "..": what a manifest may name. */
@@ -225,13 +254,15 @@ static int extract_here(int fd, const char *what, long long *ret_files,
 			const void *buf;
 			size_t len;
 			la_int64_t off;
-			while ((ar = archive_read_data_block(in, &buf, &len,
-							     &off)) == ARCHIVE_OK)
+			while ((ar = archive_read_data_block(
+					in, &buf, &len, &off)) == ARCHIVE_OK) {
 				if (archive_write_data_block(out, buf, len,
 							     off) != ARCHIVE_OK) {
 					ar = ARCHIVE_FATAL;
 					break;
 				}
+				progress_add((long long)len, false);
+			}
 			if (ar == ARCHIVE_EOF)
 				ar = ARCHIVE_OK;
 		}
@@ -820,11 +851,17 @@ int cmd_import(struct store *s, int argc, char **argv)
 		r = -EINVAL;
 		goto out;
 	}
+	progress.on = isatty(STDERR_FILENO);
 	for (size_t i = 0; i < n_ims && r == 0; i++) {
 		r = check_config(&ims[i], err);
-		for (size_t j = 0; j < ims[i].n_layers && r == 0; j++)
+		progress.n_layers = ims[i].n_layers;
+		for (size_t j = 0; j < ims[i].n_layers && r == 0; j++) {
+			progress.layer = j + 1;
 			r = stage_layer(s, staging, &ims[i].layers[j], j, err);
+			progress_add(0, true);
+		}
 	}
+	progress_end();
 	if (r < 0)
 		goto out;
 	/* Commit under the store lock: tags are a read-modify-write. */
