@@ -93,8 +93,8 @@ int sha256_file(const char *path, char hex[HEXLEN + 1], char err[ERRLEN])
 	return 0;
 }
 
-int sha256_decompressed(const char *path, char hex[HEXLEN + 1],
-			char err[ERRLEN])
+int sha256_decompressed(const char *path, const char *what,
+			char hex[HEXLEN + 1], char err[ERRLEN])
 {
 	struct archive *a = archive_read_new();
 	struct archive_entry *entry;
@@ -112,7 +112,7 @@ int sha256_decompressed(const char *path, char hex[HEXLEN + 1],
 	archive_read_support_format_raw(a);
 	if (archive_read_open_filename(a, path, sizeof(buf)) != ARCHIVE_OK ||
 	    archive_read_next_header(a, &entry) != ARCHIVE_OK) {
-		snprintf(err, ERRLEN, "%s: %s", path, archive_error_string(a));
+		snprintf(err, ERRLEN, "%s: %s", what, archive_error_string(a));
 		r = -EIO;
 		goto out;
 	}
@@ -121,7 +121,7 @@ int sha256_decompressed(const char *path, char hex[HEXLEN + 1],
 		if (n == 0)
 			break;
 		if (n < 0) {
-			snprintf(err, ERRLEN, "%s: %s", path,
+			snprintf(err, ERRLEN, "%s: %s", what,
 				 archive_error_string(a));
 			r = -EIO;
 			goto out;

@@ -545,18 +545,30 @@ static int export_layer(const struct store *s, const char *diff,
 	/* The imported bytes themselves, where import recorded their layout;
 	 * else the canonical re-pack below. */
 	char *split = store_path(s, "layers/sha256/%s.tarsplit", diff);
+	char why[ERRLEN] = "";
 	if (split && access(split, F_OK) == 0) {
 		int fd = open(dest, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 		r = fd < 0 ? -errno
 			   : tarsplit_rebuild(split, src, fd, hex, size, err);
-		if (fd >= 0 && (fsync(fd) < 0 || close(fd) < 0) && r == 0)
-			r = -errno;
+		if (fd >= 0) {
+			if (fsync(fd) < 0 && r == 0)
+				r = -errno;
+			if (close(fd) < 0 && r == 0)
+				r = -errno;
+		}
 		if (r == 0 && strcmp(hex, diff) == 0) {
 			free(split);
 			free(src);
 			return 0;
 		}
-		unlink(dest);    /* the layer changed: say so below */
+		/* The layer changed, or the record did: say why below. */
+		if (r < 0)
+			snprintf(why, sizeof(why), "; from its tar layout record: "
+				 "%.400s", err[0] ? err : strerror(-r));
+		else
+			snprintf(why, sizeof(why), "; its tar layout record "
+				 "rebuilt sha256:%s", hex);
+		unlink(dest);
 		err[0] = '\0';
 	}
 	free(split);
@@ -564,7 +576,8 @@ static int export_layer(const struct store *s, const char *diff,
 	free(src);
 	if (r == 0 && strcmp(hex, diff) != 0) {
 		snprintf(err, ERRLEN, "layer sha256:%s: re-packed tar has "
-			 "digest sha256:%s, not the stored diff_id", diff, hex);
+			 "digest sha256:%s, not the stored diff_id%s", diff, hex,
+			 why);
 		r = -EINVAL;
 	}
 	return r;

@@ -26,7 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <linux/openat2.h>
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -34,7 +37,8 @@
 #include "layerctl.h"
 
 struct layer_src {
-	char *blob;                  /* owned path */
+	char *blob;                  /* owned path of our copy */
+	char *name;                  /* owned: as the input names it */
 	char digest[HEXLEN + 1];     /* the blob's own digest, or "" */
 	char diff[HEXLEN + 1];       /* from the config */
 	char *staged;                /* owned: extracted here, or NULL */
@@ -43,7 +47,8 @@ struct layer_src {
 };
 
 struct image_src {
-	char *config;                /* owned path */
+	char *config;                /* owned path of our copy */
+	char *config_name;           /* owned: as the input names it */
 	char config_digest[HEXLEN + 1];   /* the name it was stored under */
 	char id[HEXLEN + 1];
 	char *config_bytes;          /* owned */
@@ -99,25 +104,102 @@ static bool is_safe_relative(const char *p)
 	return strlen(p) < PATH_MAX;
 }
 
+/*
+ * The input, as import reads it.  Every file is opened once, beneath the
+ * input directory (openat2: no "..", no symlink anywhere on the path),
+ * must be a regular file (no FIFO to hang on, no device to read forever),
+ * and is then used only through a copy in staging that nobody else can
+ * change: what was hashed is what gets extracted.  An archive input is
+ * unpacked into staging in the first place (regular files and directories
+ * only), so its files are used where they are.
+ */
+static struct {
+	int dir_fd;              /* the input directory */
+	const char *staging;     /* borrowed */
+	bool copy;               /* a directory input: copy into staging */
+	unsigned n_copies;
+	char last_hex[HEXLEN + 1];   /* sha256 of the last file taken */
+} in_ctx = { .dir_fd = -1 };
+
+/* Copy (or just read) fd to a new staging file, hashing; *ret_path owned. */
+static int take_fd(int fd, const char *rel, char **ret_path, char err[ERRLEN])
+{
+	struct sha256 *h = sha256_new();
+	char buf[1 << 16], *path = NULL;
+	int out = -1, r = 0;
+	ssize_t n;
+
+	if (!h)
+		return -ENOMEM;
+	if (in_ctx.copy) {
+		if (asprintf(&path, "%s/in-%u", in_ctx.staging, in_ctx.n_copies++) < 0)
+			path = NULL;
+		out = path ? open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+				  0600) : -1;
+		if (out < 0)
+			r = -errno;
+	}
+	while (r == 0 && (n = read(fd, buf, sizeof(buf))) != 0) {
+		if (n < 0) {
+			r = -errno;
+			break;
+		}
+		sha256_update(h, buf, (size_t)n);
+		if (out >= 0 && write(out, buf, (size_t)n) != n)
+			r = errno ? -errno : -EIO;
+	}
+	sha256_final_hex(h, in_ctx.last_hex);
+	if (out >= 0 && close(out) < 0 && r == 0)
+		r = -errno;
+	if (r < 0) {
+		snprintf(err, ERRLEN, "%s: %s", rel, strerror(-r));
+		free(path);
+		return r;
+	}
+	*ret_path = path;
+	return 0;
+}
+
+/* The file rel of the input, checked and taken (see above); owned path. */
 static char *input_path(const char *dir, const char *rel, char err[ERRLEN])
 {
-	char *p = NULL;
+	struct open_how how = {
+		.flags = O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC,
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+			   RESOLVE_NO_MAGICLINKS,
+	};
+	struct stat st;
+	char *path = NULL;
+	int fd;
 
 	if (!is_safe_relative(rel)) {
 		snprintf(err, ERRLEN, "manifest names an unsafe path: %s",
 			 rel ? rel : "(none)");
 		return NULL;
 	}
-	if (asprintf(&p, "%s/%s", dir, rel) < 0) {
+	fd = (int)syscall(SYS_openat2, in_ctx.dir_fd, rel, &how, sizeof(how));
+	if (fd < 0) {
+		snprintf(err, ERRLEN, "%s: %s", rel,
+			 errno == ELOOP || errno == EXDEV
+				 ? "reached through a symbolic link"
+				 : strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    fcntl(fd, F_SETFL, 0) < 0) {
+		snprintf(err, ERRLEN, "%s: not a regular file", rel);
+		close(fd);
+		return NULL;
+	}
+	int r = take_fd(fd, rel, &path, err);
+	close(fd);
+	if (r < 0)
+		return NULL;
+	if (!path && asprintf(&path, "%s/%s", dir, rel) < 0) {
 		snprintf(err, ERRLEN, "out of memory");
 		return NULL;
 	}
-	if (access(p, R_OK) < 0) {
-		snprintf(err, ERRLEN, "%s: %s", rel, strerror(errno));
-		free(p);
-		return NULL;
-	}
-	return p;
+	return path;
 }
 
 /* "blobs/sha256/<hex>" or "<hex>.json" or "<hex>/layer.tar": the digest a
@@ -169,8 +251,9 @@ static char *joined(const char *dir, const char *rel)
 	return asprintf(&p, "%s/%s", dir, rel) < 0 ? NULL : p;
 }
 
-static int extract_here(int fd, const char *what, long long *ret_files,
-			long long *ret_size, char err[ERRLEN]);
+static int extract_here(int fd, const char *what, bool outer,
+			long long *ret_files, long long *ret_size,
+			char err[ERRLEN]);
 
 /*
  * Extract the tar (any compression) at path into dest, checking every
@@ -179,7 +262,7 @@ static int extract_here(int fd, const char *what, long long *ret_files,
  * directory (layerctl is single-threaded).
  */
 static int extract_tar(const char *path, const char *dest, const char *what,
-		       long long *ret_files, long long *ret_size,
+		       bool outer, long long *ret_files, long long *ret_size,
 		       char err[ERRLEN])
 {
 	int in_fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -192,7 +275,7 @@ static int extract_tar(const char *path, const char *dest, const char *what,
 			 strerror(errno));
 		goto out;
 	}
-	r = extract_here(in_fd, what, ret_files, ret_size, err);
+	r = extract_here(in_fd, what, outer, ret_files, ret_size, err);
 	if (fchdir(saved) < 0 && r == 0) {
 		snprintf(err, ERRLEN, "cannot return to the working directory");
 		r = -EIO;
@@ -205,8 +288,11 @@ out:
 	return r;
 }
 
-static int extract_here(int fd, const char *what, long long *ret_files,
-			long long *ret_size, char err[ERRLEN])
+/* outer: the image archive itself, which may hold only files and
+ * directories (its manifest and blobs); a layer may hold anything. */
+static int extract_here(int fd, const char *what, bool outer,
+			long long *ret_files, long long *ret_size,
+			char err[ERRLEN])
 {
 	struct archive *in = archive_read_new();
 	struct archive *out = archive_write_disk_new();
@@ -243,6 +329,12 @@ static int extract_here(int fd, const char *what, long long *ret_files,
 		if ((r = check_entry_name(name, what, err)) < 0 ||
 		    (r = check_entry_name(link, what, err)) < 0)
 			goto done;
+		if (outer && (link || (type != AE_IFREG && type != AE_IFDIR))) {
+			snprintf(err, ERRLEN, "%s: entry %.300s: an image archive "
+				 "holds only files and directories", what, name);
+			r = -EINVAL;
+			goto done;
+		}
 		if ((type == AE_IFCHR || type == AE_IFBLK) && !root) {
 			/* Not ours to create: skipped, as rootless engines do. */
 			fprintf(stderr, "layerctl: import: %s: skipping device "
@@ -304,10 +396,12 @@ static void image_free(struct image_src *im)
 {
 	for (size_t i = 0; i < im->n_layers; i++) {
 		free(im->layers[i].blob);
+		free(im->layers[i].name);
 		free(im->layers[i].staged);
 	}
 	free(im->layers);
 	free(im->config);
+	free(im->config_name);
 	free(im->config_bytes);
 	json_decref(im->tags);
 }
@@ -322,11 +416,14 @@ static void images_free(struct image_src *ims, size_t n)
 static json_t *load_json(const char *path, const char *what, char err[ERRLEN])
 {
 	json_error_t jerr;
-	json_t *j = json_load_file(path, 0, &jerr);
+	size_t len;
+	char *text = read_file(path, &len, err);
+	json_t *j = text ? json_loadb(text, len, 0, &jerr) : NULL;
 
-	if (!j)
+	if (text && !j)
 		snprintf(err, ERRLEN, "%s: bad JSON: %s (line %d)", what,
 			 jerr.text, jerr.line);
+	free(text);
 	return j;
 }
 
@@ -334,7 +431,7 @@ static json_t *load_json(const char *path, const char *what, char err[ERRLEN])
 static int read_docker_save(const char *dir, struct image_src **ret,
 			    size_t *ret_n, char err[ERRLEN])
 {
-	char *mpath = joined(dir, "manifest.json");
+	char *mpath = input_path(dir, "manifest.json", err);
 	json_t *m = mpath ? load_json(mpath, "manifest.json", err) : NULL;
 	struct image_src *ims = NULL;
 	size_t n = 0;
@@ -365,7 +462,8 @@ static int read_docker_save(const char *dir, struct image_src **ret,
 				 "manifest.json: entry %zu lacks Config or Layers", i);
 			goto out;
 		}
-		if (!(im->config = input_path(dir, config, err)))
+		if (!(im->config = input_path(dir, config, err)) ||
+		    !(im->config_name = strdup(config)))
 			goto out;
 		digest_from_name(config, im->config_digest);
 		im->tags = json_is_array(tags) ? json_deep_copy(tags) : json_array();
@@ -378,7 +476,8 @@ static int read_docker_save(const char *dir, struct image_src **ret,
 		}
 		for (size_t j = 0; j < im->n_layers; j++) {
 			const char *rel = json_string_value(json_array_get(layers, j));
-			if (!(im->layers[j].blob = input_path(dir, rel, err)))
+			if (!(im->layers[j].blob = input_path(dir, rel, err)) ||
+			    !(im->layers[j].name = strdup(rel)))
 				goto out;
 			if (strncmp(rel, "blobs/sha256/", 13) == 0)
 				digest_from_name(rel, im->layers[j].digest);
@@ -411,10 +510,7 @@ static char *oci_blob(const char *dir, const char *digest, const char *what,
 	snprintf(rel, sizeof(rel), "blobs/sha256/%s", hex);
 	if (!(path = input_path(dir, rel, err)))
 		return NULL;
-	if (sha256_file(path, actual, err) < 0) {
-		free(path);
-		return NULL;
-	}
+	memcpy(actual, in_ctx.last_hex, sizeof(actual));
 	if (strcmp(actual, hex) != 0) {
 		snprintf(err, ERRLEN, "%s %s: digest mismatch: expected "
 			 "sha256:%s, got sha256:%s", what, rel, hex, actual);
@@ -450,7 +546,8 @@ static int read_oci_manifest(const char *dir, json_t *desc,
 	im->config = oci_blob(dir, json_string_value(json_object_get(
 					   json_object_get(m, "config"), "digest")),
 			      "config", im->config_digest, err);
-	if (!im->config)
+	if (!im->config ||
+	    asprintf(&im->config_name, "blobs/sha256/%s", im->config_digest) < 0)
 		goto out;
 	im->tags = json_array();
 	if (ref) {
@@ -468,7 +565,9 @@ static int read_oci_manifest(const char *dir, json_t *desc,
 		const char *d = json_string_value(
 			json_object_get(json_array_get(layers, j), "digest"));
 		if (!(im->layers[j].blob =
-			      oci_blob(dir, d, "layer", im->layers[j].digest, err)))
+			      oci_blob(dir, d, "layer", im->layers[j].digest, err)) ||
+		    asprintf(&im->layers[j].name, "blobs/sha256/%s",
+			     im->layers[j].digest) < 0)
 			goto out;
 	}
 	r = 0;
@@ -480,7 +579,7 @@ out:
 static int read_oci(const char *dir, struct image_src **ret, size_t *ret_n,
 		    char err[ERRLEN])
 {
-	char *ipath = joined(dir, "index.json");
+	char *ipath = input_path(dir, "index.json", err);
 	json_t *index = ipath ? load_json(ipath, "index.json", err) : NULL;
 	json_t *manifests = json_object_get(index, "manifests");
 	struct image_src *ims = NULL;
@@ -531,13 +630,13 @@ static int check_config(struct image_src *im, char err[ERRLEN])
 	sha256_hex_of(im->config_bytes, im->config_len, im->id);
 	if (im->config_digest[0] && strcmp(im->config_digest, im->id) != 0) {
 		snprintf(err, ERRLEN, "config %s: digest mismatch: expected "
-			 "sha256:%s, got sha256:%s", im->config,
+			 "sha256:%s, got sha256:%s", im->config_name,
 			 im->config_digest, im->id);
 		return -EINVAL;
 	}
 	config = json_loadb(im->config_bytes, im->config_len, 0, &jerr);
 	if (!config) {
-		snprintf(err, ERRLEN, "config %s: bad JSON: %s", im->config,
+		snprintf(err, ERRLEN, "config %s: bad JSON: %s", im->config_name,
 			 jerr.text);
 		return -EINVAL;
 	}
@@ -547,7 +646,7 @@ static int check_config(struct image_src *im, char err[ERRLEN])
 		return r;
 	if (n_diff != im->n_layers) {
 		snprintf(err, ERRLEN, "config %s: %zu diff_ids for %zu layers",
-			 im->config, n_diff, im->n_layers);
+			 im->config_name, n_diff, im->n_layers);
 		free(diff);
 		return -EINVAL;
 	}
@@ -562,13 +661,13 @@ static int stage_layer(const struct store *s, const char *staging,
 		       struct layer_src *L, size_t index, char err[ERRLEN])
 {
 	char actual[HEXLEN + 1];
-	int r = sha256_decompressed(L->blob, actual, err);
+	int r = sha256_decompressed(L->blob, L->name, actual, err);
 
 	if (r < 0)
 		return r;
 	if (strcmp(actual, L->diff) != 0) {
 		snprintf(err, ERRLEN, "layer %s: diff_id mismatch: expected "
-			 "sha256:%s, got sha256:%s", L->blob, L->diff, actual);
+			 "sha256:%s, got sha256:%s", L->name, L->diff, actual);
 		return -EINVAL;
 	}
 	if (store_has_layer(s, L->diff)) {
@@ -584,7 +683,8 @@ static int stage_layer(const struct store *s, const char *staging,
 		snprintf(err, ERRLEN, "%s: %s", L->staged, strerror(errno));
 		return -errno;
 	}
-	r = extract_tar(L->blob, L->staged, L->blob, &L->files, &L->size, err);
+	r = extract_tar(L->blob, L->staged, L->name, false, &L->files, &L->size,
+			err);
 	if (r < 0)
 		return r;
 	/* So that export can give back these very bytes (tarsplit.c). */
@@ -838,10 +938,20 @@ int cmd_import(struct store *s, int argc, char **argv)
 		long long files, size;
 		dir = joined(staging, "input");
 		r = dir && mkdir(dir, 0700) == 0
-			    ? extract_tar(input, dir, input, &files, &size, err)
+			    ? extract_tar(input, dir, input, true, &files, &size,
+					  err)
 			    : -ENOMEM;
 		if (r < 0)
 			goto out;
+	}
+	in_ctx.dir_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	in_ctx.staging = staging;
+	in_ctx.copy = S_ISDIR(st.st_mode);    /* not ours: take copies */
+	in_ctx.n_copies = 0;
+	if (in_ctx.dir_fd < 0) {
+		snprintf(err, ERRLEN, "%s: %s", dir, strerror(errno));
+		r = -errno;
+		goto out;
 	}
 	if ((r = read_input(dir, input, &ims, &n_ims, err)) < 0)
 		goto out;
@@ -874,6 +984,8 @@ int cmd_import(struct store *s, int argc, char **argv)
 		r = -EINVAL;
 		goto out;
 	}
+	/* From here on the store may change: keep the skeleton it needs. */
+	s->created = 0;
 	for (size_t i = 0; i < n_ims && r == 0; i++)
 		r = commit_image(s, staging, &ims[i], tag, repos, err);
 	if (r == 0)
@@ -886,6 +998,9 @@ int cmd_import(struct store *s, int argc, char **argv)
 			printf("Loaded image ID: sha256:%s\n", ims[i].id);
 	}
 out:
+	if (in_ctx.dir_fd >= 0)
+		close(in_ctx.dir_fd);
+	in_ctx.dir_fd = -1;
 	store_unlock(lock);
 	json_decref(repos);
 	images_free(ims, n_ims);

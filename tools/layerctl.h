@@ -33,8 +33,8 @@ void sha256_hex_of(const void *data, size_t len, char hex[HEXLEN + 1]);
 int sha256_file(const char *path, char hex[HEXLEN + 1], char err[ERRLEN]);
 /* sha256 of a (possibly gzip/zstd/xz compressed) file's decompressed
  * bytes, decompressed by libarchive. */
-int sha256_decompressed(const char *path, char hex[HEXLEN + 1],
-			char err[ERRLEN]);
+int sha256_decompressed(const char *path, const char *what,
+			char hex[HEXLEN + 1], char err[ERRLEN]);
 /* "sha256:<64 hex>" -> hex; false if it is not that. */
 bool digest_parse(const char *digest, char hex[HEXLEN + 1]);
 bool is_hex64(const char *s);

@@ -318,6 +318,26 @@ static char *layerfs_cmdline(const char *pid)
 	return cmd;
 }
 
+/* "<diff>.tarsplit" (tools/tarsplit.c) whose layer is gone and that no
+ * image names: left by an import that stopped between the two renames. */
+static void remove_orphan_record(const struct store *s, const char *name,
+				 const struct hexset *diffs)
+{
+	char hex[HEXLEN + 1];
+	size_t len = strlen(name);
+
+	if (len != HEXLEN + 9 || strcmp(name + HEXLEN, ".tarsplit") != 0)
+		return;
+	memcpy(hex, name, HEXLEN);
+	hex[HEXLEN] = '\0';
+	if (!is_hex64(hex) || hexset_has(diffs, hex) || store_has_layer(s, hex))
+		return;
+	char *p = store_path(s, "layers/sha256/%s", name);
+	if (p && unlink(p) == 0)
+		printf("Deleted orphan record: %s\n", name);
+	free(p);
+}
+
 /* Command lines of every running layerfs process (a NULL-ended array). */
 static char **layerfs_processes(void)
 {
@@ -487,7 +507,11 @@ int cmd_gc(struct store *s, int argc, char **argv)
 	DIR *dir = layers ? opendir(layers) : NULL;
 	struct dirent *de;
 	while (dir && (de = readdir(dir))) {
-		if (!is_hex64(de->d_name) || hexset_has(&diffs, de->d_name))
+		if (!is_hex64(de->d_name)) {
+			remove_orphan_record(s, de->d_name, &diffs);
+			continue;
+		}
+		if (hexset_has(&diffs, de->d_name))
 			continue;
 		if (layer_in_use(procs, de->d_name)) {
 			printf("Kept (in use): sha256:%s\n", de->d_name);

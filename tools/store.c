@@ -179,7 +179,8 @@ bool store_has_layer(const struct store *s, const char *diff_hex)
 
 char *read_file(const char *path, size_t *ret_len, char err[ERRLEN])
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* No FIFO to block on, no symlink to follow out of the store. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
 	struct stat st;
 	char *buf = NULL;
 

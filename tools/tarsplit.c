@@ -27,7 +27,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <linux/openat2.h>
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -253,8 +256,14 @@ static int copy_out(FILE *in, int in_fd, unsigned long long len, int out_fd,
 		if (got <= 0)
 			return -EIO;
 		sha256_update(h, buf, (size_t)got);
-		if (write(out_fd, buf, (size_t)got) != got)
-			return -errno;
+		for (ssize_t done = 0; done < got;) {
+			ssize_t w = write(out_fd, buf + done, (size_t)(got - done));
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				return w < 0 ? -errno : -EIO;
+			done += w;
+		}
 		len -= (unsigned long long)got;
 	}
 	return 0;
@@ -298,8 +307,16 @@ int tarsplit_rebuild(const char *skeleton, const char *layer_dir,
 				break;
 			}
 			path[plen] = '\0';
-			/* Resolved beneath the layer, never through a link. */
-			int fd = openat(dir, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+			/* Resolved beneath the layer, never through a link, and
+			 * never a FIFO or device whatever the record says. */
+			struct open_how how = {
+				.flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
+					 O_CLOEXEC,
+				.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+					   RESOLVE_NO_MAGICLINKS,
+			};
+			int fd = (int)syscall(SYS_openat2, dir, path, &how,
+					      sizeof(how));
 			if (fd < 0) {
 				snprintf(err, ERRLEN, "%s: %.300s: %s", layer_dir, path,
 					 strerror(errno));
@@ -307,8 +324,9 @@ int tarsplit_rebuild(const char *skeleton, const char *layer_dir,
 				break;
 			}
 			struct stat st;
-			if (fstat(fd, &st) < 0 ||
-			    (unsigned long long)st.st_size != len) {
+			if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+			    (unsigned long long)st.st_size != len ||
+			    fcntl(fd, F_SETFL, 0) < 0) {
 				snprintf(err, ERRLEN, "%s: %.300s: changed since "
 					 "import", layer_dir, path);
 				close(fd);
