@@ -576,7 +576,7 @@ static int export_layer(const struct store *s, const char *diff,
 	free(src);
 	if (r == 0 && strcmp(hex, diff) != 0) {
 		snprintf(err, ERRLEN, "layer sha256:%s: re-packed tar has "
-			 "digest sha256:%s, not the stored diff_id%s", diff, hex,
+			 "digest sha256:%s, not the stored diff_id%.600s", diff, hex,
 			 why);
 		r = -EINVAL;
 	}
