@@ -231,8 +231,9 @@ int cmd_mount(struct store *s, int argc, char **argv)
 	char *lower = lowerdir_of(s, diff, n), *opts = NULL, *upper = NULL,
 	     *work = NULL, *prog = layerfs_program();
 	free(diff);
+	/* cname lives as long as name may point at it (record_container). */
+	char cname[32];
 	if (!read_only) {
-		char cname[32];
 		if (!name) {
 			snprintf(cname, sizeof(cname), "%.12s", id);
 			name = cname;
