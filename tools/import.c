@@ -700,6 +700,37 @@ static int stage_layer(const struct store *s, const char *staging,
 
 /* ---- committing into the store --------------------------------------- */
 
+/* What this import has put into the store so far: taken out again if a
+ * later step fails (an archive of several images commits them one by
+ * one), so that a refused import leaves the store as it was. */
+static struct {
+	char **paths;    /* owned */
+	size_t n;
+} made;
+
+static void made_note(const char *path)
+{
+	char **grown = realloc(made.paths, (made.n + 1) * sizeof(*grown));
+
+	if (!grown)
+		return;    /* cannot undo it then; the import still fails or not */
+	made.paths = grown;
+	if ((made.paths[made.n] = strdup(path)) != NULL)
+		made.n++;
+}
+
+static void made_finish(bool undo)
+{
+	for (size_t i = made.n; i-- > 0;) {
+		if (undo)
+			remove_tree(made.paths[i]);
+		free(made.paths[i]);
+	}
+	free(made.paths);
+	made.paths = NULL;
+	made.n = 0;
+}
+
 static int write_text(const char *dir, const char *name, const char *text,
 		      char err[ERRLEN])
 {
@@ -788,10 +819,14 @@ static int commit_layerdb(const struct store *s, const char *staging,
 		if (r == 0)
 			r = write_text(tmp, "files", text, err);
 		/* Recorded meanwhile by another import: same content. */
-		if (r == 0 && rename(tmp, final) < 0 && errno != EEXIST &&
-		    errno != ENOTEMPTY) {
-			r = -errno;
-			snprintf(err, ERRLEN, "%s: %s", final, strerror(errno));
+		if (r == 0 && rename(tmp, final) < 0) {
+			if (errno != EEXIST && errno != ENOTEMPTY) {
+				r = -errno;
+				snprintf(err, ERRLEN, "%s: %s", final,
+					 strerror(errno));
+			}
+		} else if (r == 0) {
+			made_note(final);
 		}
 		free(tmp);
 		free(final);
@@ -832,10 +867,14 @@ static int commit_image(const struct store *s, const char *staging,
 		 * record, if it ever gets one. */
 		if (final && asprintf(&split, "%s.tarsplit", L->staged) >= 0 &&
 		    asprintf(&final_split, "%s.tarsplit", final) >= 0 &&
-		    access(split, F_OK) == 0 && rename(split, final_split) < 0) {
-			r = -errno;
-			snprintf(err, ERRLEN, "%s: %s", final_split,
-				 strerror(errno));
+		    access(split, F_OK) == 0) {
+			if (rename(split, final_split) < 0) {
+				r = -errno;
+				snprintf(err, ERRLEN, "%s: %s", final_split,
+					 strerror(errno));
+			} else {
+				made_note(final_split);
+			}
 		}
 		free(split);
 		free(final_split);
@@ -853,6 +892,7 @@ static int commit_image(const struct store *s, const char *staging,
 					 strerror(errno));
 			}
 		} else {
+			made_note(final);
 			free(L->staged);
 			L->staged = NULL;
 		}
@@ -861,10 +901,13 @@ static int commit_image(const struct store *s, const char *staging,
 	if (r == 0)
 		r = commit_layerdb(s, staging, im, err);
 	char *config_path = store_path(s, "imagedb/sha256/%s.json", im->id);
+	bool config_existed = config_path && access(config_path, F_OK) == 0;
 	if (r == 0)
 		r = config_path ? write_file_atomic(config_path, im->config_bytes,
 						    im->config_len, err)
 				: -ENOMEM;
+	if (r == 0 && !config_existed)
+		made_note(config_path);
 	free(config_path);
 	if (r < 0)
 		return r;
@@ -1009,6 +1052,7 @@ out:
 		remove_tree(staging);
 		free(staging);
 	}
+	made_finish(r < 0);
 	if (r < 0) {
 		store_undo_skeleton(s);
 		return fail_verb("import", err);

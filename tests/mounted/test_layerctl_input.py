@@ -81,3 +81,31 @@ def layerctl_import_refuses_an_archive_holding_links_or_fifos(ctx):
                 ti.type, ti.linkname = tarfile.LNKTYPE, "manifest.json"
             tf.addfile(ti)
         _refused(store, t, "extra", "archive with a %s" % kind)
+
+
+@test(timeout=60)
+def layerctl_failed_multi_image_import_takes_back_what_it_committed(ctx):
+    """An archive of two images whose second cannot be committed: the first
+    image's layers, layer records and config are taken out again."""
+    import json
+    store = _good_store(ctx)
+    one = Image([small_layer("first")], "multi-a:1")
+    two = Image([small_layer("second")], "multi-b:1")
+    src = ctx.newdir("multi")
+    one.write_docker(src)
+    manifest_one = json.load(open(os.path.join(src, "manifest.json")))
+    two.write_docker(src)
+    manifest_two = json.load(open(os.path.join(src, "manifest.json")))
+    with open(os.path.join(src, "manifest.json"), "w") as f:
+        json.dump(manifest_one + manifest_two, f)
+    # The second image's config cannot be written: a directory is there.
+    blocker = os.path.join(store, "imagedb", "sha256", two.id + ".json")
+    os.makedirs(os.path.join(blocker, "x"))
+    _refused(store, src, two.id, "second image's config blocked")
+    for layer in one.layers:
+        if os.path.exists(os.path.join(store, "layers", "sha256",
+                                       layer.diff_id)):
+            raise Fail("first image's layer left in the store")
+    if os.path.exists(os.path.join(store, "imagedb", "sha256",
+                                   one.id + ".json")):
+        raise Fail("first image's config left in the store")
