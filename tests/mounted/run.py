@@ -38,6 +38,7 @@ import test_layerctl_maintain  # noqa: E402,F401
 import test_layerctl_which          # noqa: E402,F401
 import test_layerctl_ps             # noqa: E402,F401
 import test_layerctl_input          # noqa: E402,F401
+import test_layerctl_umoci          # noqa: E402,F401
 import test_kernel                  # noqa: E402,F401
 
 
