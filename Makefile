@@ -99,6 +99,8 @@ unit: build/unit_tests
 bench: all
 	@build/bench/corebench
 	@echo
+	@benchmarks/importbench.py
+	@echo
 	@benchmarks/run
 
 example: all
