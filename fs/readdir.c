@@ -42,11 +42,6 @@ void lfs_closedir(struct lfs_fs *fs, struct lfs_dir *dir)
 	free(dir);
 }
 
-struct lfs_node *lfs_dir_node(struct lfs_dir *dir)
-{
-	return dir->node;
-}
-
 int lfs_readdir_at(struct lfs_dir *dir, off_t off, struct lfs_dirent *ret)
 {
 	return lfs_readdir_node(dir->fs, dir->node, off, ret);

@@ -223,7 +223,5 @@ int lfs_readdir_at(struct lfs_dir *dir, off_t off, struct lfs_dirent *ret);
 int lfs_readdir_node(struct lfs_fs *fs, struct lfs_node *node, off_t off,
 		     struct lfs_dirent *ret);
 
-/* The directory node a handle lists (borrowed). */
-struct lfs_node *lfs_dir_node(struct lfs_dir *dir);
 
 #endif /* LAYERFS_H */

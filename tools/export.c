@@ -440,17 +440,10 @@ out:
 
 /* ---- the image's parts ------------------------------------------------ */
 
-static char *joined(const char *dir, const char *rel)
-{
-	char *p = NULL;
-
-	return asprintf(&p, "%s/%s", dir, rel) < 0 ? NULL : p;
-}
-
 static int put_file(const char *dir, const char *rel, const void *data,
 		    size_t len, char err[ERRLEN])
 {
-	char *p = joined(dir, rel);
+	char *p = path_join(dir, rel);
 	int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644) : -1;
 	int r = 0;
 
@@ -596,8 +589,8 @@ static int write_docker(const struct store *s, const char *dir,
 	snprintf(name, sizeof(name), "%s.json", id);
 	r = put_file(dir, name, config, config_len, err);
 	for (size_t i = 0; i < n && r == 0; i++) {
-		char *ldir = joined(dir, diff[i]);
-		char *tar = ldir ? joined(ldir, "layer.tar") : NULL;
+		char *ldir = path_join(dir, diff[i]);
+		char *tar = ldir ? path_join(ldir, "layer.tar") : NULL;
 		long long size;
 		if (!tar)
 			r = -ENOMEM;
@@ -643,8 +636,8 @@ static int write_oci(const struct store *s, const char *dir, const char *id,
 		     char (*diff)[HEXLEN + 1], size_t n, json_t *tags,
 		     char err[ERRLEN])
 {
-	char *blobs = joined(dir, "blobs/sha256");
-	char *blobs_parent = joined(dir, "blobs");
+	char *blobs = path_join(dir, "blobs/sha256");
+	char *blobs_parent = path_join(dir, "blobs");
 	json_t *layers = json_array();
 	char name[HEXLEN + 16], man_hex[HEXLEN + 1];
 	size_t man_len = 0;
@@ -663,7 +656,7 @@ static int write_oci(const struct store *s, const char *dir, const char *id,
 	if (r == 0)
 		r = put_file(dir, name, config, config_len, err);
 	for (size_t i = 0; i < n && r == 0; i++) {
-		char *tar = joined(blobs, diff[i]);
+		char *tar = path_join(blobs, diff[i]);
 		struct stat st;
 		long long size = 0;
 		if (!tar)

@@ -244,13 +244,6 @@ static int check_entry_name(const char *name, const char *what,
 	return 0;
 }
 
-static char *joined(const char *dir, const char *rel)
-{
-	char *p = NULL;
-
-	return asprintf(&p, "%s/%s", dir, rel) < 0 ? NULL : p;
-}
-
 static int extract_here(int fd, const char *what, bool outer,
 			long long *ret_files, long long *ret_size,
 			char err[ERRLEN]);
@@ -734,7 +727,7 @@ static void made_finish(bool undo)
 static int write_text(const char *dir, const char *name, const char *text,
 		      char err[ERRLEN])
 {
-	char *p = joined(dir, name);
+	char *p = path_join(dir, name);
 	int r = p ? write_file_atomic(p, text, strlen(text), err) : -ENOMEM;
 
 	free(p);
@@ -934,8 +927,8 @@ static int commit_image(const struct store *s, const char *staging,
 static int read_input(const char *dir, const char *input,
 		      struct image_src **ims, size_t *n, char err[ERRLEN])
 {
-	char *index = joined(dir, "index.json");
-	char *manifest = joined(dir, "manifest.json");
+	char *index = path_join(dir, "index.json");
+	char *manifest = path_join(dir, "manifest.json");
 	bool oci = index && access(index, F_OK) == 0;
 	bool docker = manifest && access(manifest, F_OK) == 0;
 	int r;
@@ -979,7 +972,7 @@ int cmd_import(struct store *s, int argc, char **argv)
 		dir = strdup(input);
 	} else {
 		long long files, size;
-		dir = joined(staging, "input");
+		dir = path_join(staging, "input");
 		r = dir && mkdir(dir, 0700) == 0
 			    ? extract_tar(input, dir, input, true, &files, &size,
 					  err)

@@ -59,6 +59,8 @@ void store_unlock(int fd);
 /* A path inside the store (owned by the caller). */
 char *store_path(const struct store *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* "dir/rel" (owned), or NULL without memory. */
+char *path_join(const char *dir, const char *rel);
 /* A fresh staging directory under STORE/tmp (owned path). */
 char *store_staging(const struct store *s, char err[ERRLEN]);
 bool store_has_layer(const struct store *s, const char *diff_hex);

@@ -154,6 +154,13 @@ char *store_path(const struct store *s, const char *fmt, ...)
 	return path;
 }
 
+char *path_join(const char *dir, const char *rel)
+{
+	char *p = NULL;
+
+	return asprintf(&p, "%s/%s", dir, rel) < 0 ? NULL : p;
+}
+
 char *store_staging(const struct store *s, char err[ERRLEN])
 {
 	char *tmpl = store_path(s, "tmp/stage.XXXXXX");
