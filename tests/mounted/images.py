@@ -173,26 +173,33 @@ def tar_bytes(entries, fmt=tarfile.PAX_FORMAT, prefix=""):
             if e.xattrs:
                 ti.pax_headers = {"SCHILY.xattr." + k: v
                                   for k, v in sorted(e.xattrs.items())}
-            data = None
-            if e.kind == "fifo":
-                ti.type = tarfile.FIFOTYPE
-            elif e.kind == "chr":
-                ti.type = tarfile.CHRTYPE
-                ti.devmajor, ti.devminor = e.dev
-            elif e.kind == "dir":
-                ti.type = tarfile.DIRTYPE
-            elif e.kind == "symlink":
-                ti.type = tarfile.SYMTYPE
-                ti.linkname = e.target
-            elif e.kind == "hardlink":
-                ti.type = tarfile.LNKTYPE
-                ti.linkname = prefix + e.target
-            else:
-                ti.type = tarfile.REGTYPE
-                data = e.data
-                ti.size = len(data)
+            data = set_type(ti, e, prefix)
             tf.addfile(ti, io.BytesIO(data) if data is not None else None)
     return buf.getvalue()
+
+
+def set_type(ti, e, prefix=""):
+    """Give TarInfo ti the type (and link, device, size) of Entry e;
+    returns the content to add, or None.  prefix goes before a hard
+    link's target, as before every name."""
+    if e.kind == "fifo":
+        ti.type = tarfile.FIFOTYPE
+    elif e.kind == "chr":
+        ti.type = tarfile.CHRTYPE
+        ti.devmajor, ti.devminor = e.dev
+    elif e.kind == "dir":
+        ti.type = tarfile.DIRTYPE
+    elif e.kind == "symlink":
+        ti.type = tarfile.SYMTYPE
+        ti.linkname = e.target
+    elif e.kind == "hardlink":
+        ti.type = tarfile.LNKTYPE
+        ti.linkname = prefix + e.target
+    else:
+        ti.type = tarfile.REGTYPE
+        ti.size = len(e.data)
+        return e.data
+    return None
 
 
 def mtime_of(path):

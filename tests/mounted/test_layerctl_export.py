@@ -88,24 +88,7 @@ def canonical_tar(entries):
             ti.uname = ti.gname = ""
             ti.mode = 0o777 if e.kind == "symlink" else e.mode
             check(not e.xattrs, "canonical_tar: no xattrs (pax) here")
-            data = None
-            if e.kind == "fifo":
-                ti.type = tarfile.FIFOTYPE
-            elif e.kind == "chr":
-                ti.type = tarfile.CHRTYPE
-                ti.devmajor, ti.devminor = e.dev
-            elif e.kind == "dir":
-                ti.type = tarfile.DIRTYPE
-            elif e.kind == "symlink":
-                ti.type = tarfile.SYMTYPE
-                ti.linkname = e.target
-            elif e.kind == "hardlink":
-                ti.type = tarfile.LNKTYPE
-                ti.linkname = e.target
-            else:
-                ti.type = tarfile.REGTYPE
-                data = e.data
-                ti.size = len(data)
+            data = images.set_type(ti, e)
             tf.addfile(ti, io.BytesIO(data)
                        if data is not None else None)
     return buf.getvalue()
