@@ -120,7 +120,7 @@ static struct lfs_fs *open_fs(const char *dir, int n_layers)
 		fprintf(stderr, "corebench: %s\n", err);
 		exit(1);
 	}
-	if (lfs_fs_new(&fs, stack, &config) < 0)
+	if (lfs_fs_new(&fs, stack, &config, (char[LFS_ERRLEN]){ 0 }) < 0)
 		die("lfs_fs_new");
 	for (int l = 0; l < n_layers; l++)
 		free(paths[l]);

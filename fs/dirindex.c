@@ -84,6 +84,22 @@ static int entry_set_object(struct lfs_entry *e,
 	return 0;
 }
 
+/* Record what the top-most layer below layer 0 says of the name: were the
+ * upper layer silent, would the name show?  (Only writable mounts, whose
+ * layer 0 is the upper, use the answer.)  Within one layer an object wins
+ * over a whiteout of the same name, whichever readdir returned first. */
+static void note_lower(struct lfs_entry *e, bool is_whiteout, uint32_t layer)
+{
+	if (layer == 0)
+		return;
+	if (e->lower_layer == 0) {
+		e->lower_layer = layer;
+		e->lower_visible = !is_whiteout;
+	} else if (e->lower_layer == layer && !is_whiteout) {
+		e->lower_visible = true;
+	}
+}
+
 /* Apply one entry of `layer` to the index (layers arrive top-most first). */
 static int index_apply(struct lfs_dirindex *index,
 		       const struct lfs_classified *c, uint32_t layer,
@@ -97,18 +113,22 @@ static int index_apply(struct lfs_dirindex *index,
 		r = entry_add(index, c, &e);
 		if (r < 0)
 			return r;
+		note_lower(e, is_whiteout, layer);
 		if (is_whiteout) {
 			e->is_whiteout = true;
+			e->upper_whiteout = layer == 0;
 			e->layer = layer;
 			return 0;
 		}
 		return entry_set_object(e, c, layer, real_ino);
 	}
+	note_lower(e, is_whiteout, layer);
 	if (e->is_whiteout && e->layer == layer && !is_whiteout) {
 		/* Both "x" and ".wh.x" in one layer: the whiteout applies to
 		 * the layers below, the real entry is what this layer shows. */
 		r = entry_set_object(e, c, layer, real_ino);
 		e->merge_limit = layer;
+		e->upper_whiteout = false;
 		return r;
 	}
 	/* Otherwise only a directory still merging cares. */
@@ -276,4 +296,109 @@ void lfs_dirindex_free(struct lfs_dirindex *index)
 	}
 	free(index->visible);
 	free(index);
+}
+
+/* ------------------------------------------------------------------ */
+/* Changes, on writable mounts (fs->ns_lock held for writing)          */
+
+/* The readdir order array describes the index as built; a writable
+ * mount's listings walk the hash instead (readdir.c). */
+static void forget_visible(struct lfs_dirindex *index)
+{
+	free(index->visible);
+	index->visible = NULL;
+	index->n_visible = 0;
+}
+
+int lfs_dirindex_put_upper(struct lfs_dirindex *index, const char *name,
+			   unsigned char type, uint64_t real_ino,
+			   struct lfs_entry **ret)
+{
+	struct lfs_entry *e = lfs_dirindex_find(index, name);
+	int r;
+
+	forget_visible(index);
+	if (!e) {
+		struct lfs_classified c = { .name = name, .type = type };
+		r = entry_add(index, &c, &e);
+		if (r < 0)
+			return r;
+	}
+	e->is_whiteout = false;
+	e->upper_whiteout = false;
+	e->layer = 0;
+	e->type = type;
+	e->real_ino = real_ino;
+	e->stat_rec = NULL;
+	e->ino_override = 0;
+	e->merge_limit = 0;
+	e->dir_layers.n = 0;
+	if (type == DT_DIR) {
+		r = layer_list_append(&e->dir_layers, 0);
+		if (r < 0)
+			return r;
+	}
+	*ret = e;
+	return 0;
+}
+
+int lfs_entry_copied_up(struct lfs_entry *e, uint64_t upper_ino,
+			uint64_t reported_ino)
+{
+	if (e->type == DT_DIR) {
+		/* The new upper copy merges on top of the lower ones. */
+		int r = layer_list_append(&e->dir_layers, 0);
+		if (r < 0)
+			return r;
+		memmove(e->dir_layers.layers + 1, e->dir_layers.layers,
+			(e->dir_layers.n - 1) * sizeof(uint32_t));
+		e->dir_layers.layers[0] = 0;
+	}
+	e->layer = 0;
+	e->real_ino = upper_ino;
+	e->ino_override = reported_ino;
+	e->stat_rec = NULL;
+	return 0;
+}
+
+void lfs_entry_hide(struct lfs_entry *e, bool upper_whiteout)
+{
+	e->is_whiteout = true;
+	e->upper_whiteout = upper_whiteout;
+	e->layer = 0;
+	e->ino_override = 0;
+	e->stat_rec = NULL;
+	e->dir_layers.n = 0;
+	e->node = NULL;
+}
+
+void lfs_dirindex_drop_lower(struct lfs_dirindex *index,
+			     struct lfs_entry *dir_entry)
+{
+	struct lfs_entry *e, *tmp;
+
+	HASH_ITER(hh, index->by_name, e, tmp) {
+		e->lower_visible = false;
+		if (e->is_whiteout && e->layer > 0)
+			e->layer = 0;
+	}
+	index->n_layers_read = 1;
+	if (dir_entry && dir_entry->dir_layers.n > 1)
+		dir_entry->dir_layers.n = 1;    /* [0] is the upper */
+}
+
+bool lfs_dirindex_is_empty(const struct lfs_dirindex *index)
+{
+	struct lfs_entry *e, *tmp;
+
+	HASH_ITER(hh, index->by_name, e, tmp)
+		if (!e->is_whiteout)
+			return false;
+	return true;
+}
+
+uint64_t lfs_entry_ino(struct lfs_fs *fs, const struct lfs_entry *e)
+{
+	return e->ino_override ? e->ino_override
+			       : lfs_fs_ino(fs, e->layer, e->real_ino);
 }

@@ -3,6 +3,7 @@
  * decided once at mount, and the layer index caches (see layercache.c).
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -38,15 +39,68 @@ static void fs_free_caches(struct lfs_fs *fs, uint32_t n_layers)
 	free(fs->index_cache_dir);
 }
 
+/* The writable upper layer: layer 0, with its work directory.  Readers
+ * are preferred so that a lookup that already holds the ns lock may take
+ * it again (unref after a failed stat) even with a writer waiting. */
+static int fs_init_upper(struct lfs_fs *fs, struct lfs_stack *stack,
+			 char err[LFS_ERRLEN])
+{
+	pthread_rwlockattr_t attr;
+	int r;
+
+	/* The upper changes: its index is never cached by digest. */
+	stack->layers[0].digest[0] = '\0';
+	if (!fs->config.workdir) {
+		snprintf(err, LFS_ERRLEN, "an upper layer needs a workdir");
+		return -EINVAL;
+	}
+	r = lfs_upper_open(&fs->upper, &stack->layers[0],
+			   stack->n_layers > 1 ? &stack->layers[1] : NULL,
+			   fs->config.workdir, fs->config.whiteout, err);
+	if (r < 0)
+		return r;
+	fs->upper.fsync = !fs->config.no_fsync;
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_READER_NP);
+	pthread_rwlock_init(&fs->ns_lock, &attr);
+	pthread_rwlockattr_destroy(&attr);
+	pthread_mutex_init(&fs->orphan_mu, NULL);
+	fs->writable = true;
+	return 0;
+}
+
+static void fs_free_upper(struct lfs_fs *fs)
+{
+	if (!fs->writable)
+		return;
+	lfs_upper_close(&fs->upper);
+	pthread_rwlock_destroy(&fs->ns_lock);
+	pthread_mutex_destroy(&fs->orphan_mu);
+}
+
 int lfs_fs_new(struct lfs_fs **ret, struct lfs_stack *stack,
-	       const struct lfs_fs_config *config)
+	       const struct lfs_fs_config *config, char err[LFS_ERRLEN])
 {
 	struct lfs_fs *fs = calloc(1, sizeof(*fs));
 	int r = -ENOMEM;
 
+	snprintf(err, LFS_ERRLEN, "out of memory");
 	if (!fs)
 		return -ENOMEM;
 	fs->config = *config;
+	fs->config.workdir = NULL;    /* borrowed: used only here */
+	fs->upper.work_fd = -1;
+	fs->upper.index_fd = -1;
+	if (!config->read_only) {
+		fs->config.workdir = config->workdir;
+		r = fs_init_upper(fs, stack, err);
+		fs->config.workdir = NULL;
+		if (r < 0) {
+			free(fs);
+			return r;
+		}
+		r = -ENOMEM;
+	}
 	fs->all_layers.n = stack->n_layers;
 	fs->all_layers.layers = calloc(stack->n_layers,
 				       sizeof(*fs->all_layers.layers));
@@ -74,7 +128,9 @@ fail_mutex:
 fail:
 	fs_free_caches(fs, stack->n_layers);
 	free(fs->all_layers.layers);
+	fs_free_upper(fs);
 	free(fs);
+	snprintf(err, LFS_ERRLEN, "%s", strerror(-r));
 	return r;
 }
 
@@ -94,6 +150,7 @@ void lfs_fs_free(struct lfs_fs *fs)
 	pthread_mutex_destroy(&fs->layer_cache_mu);
 	lfs_stack_free(fs->stack);
 	free(fs->all_layers.layers);
+	fs_free_upper(fs);
 	free(fs);
 }
 

@@ -163,11 +163,7 @@ static int check_dir(const char *what, const char *path, char err[LFS_ERRLEN])
 	return 0;
 }
 
-/*
- * The layers, top-most first.  Until the writable upper layer is built, an
- * upperdir is shown read-only on top of the lower layers, so a container's
- * earlier changes stay visible.
- */
+/* The layers, top-most first: the upper one (writable) is layer 0. */
 static int open_stack(const struct lfs_options *o, struct lfs_stack **ret,
 		      char err[LFS_ERRLEN])
 {
@@ -236,6 +232,14 @@ static const char *index_cache_dir(const struct lfs_options *o,
 		return asprintf(ret_owned, "%s/.cache/layerfs/index", base) < 0
 			       ? NULL : *ret_owned;
 	return NULL;
+}
+
+static enum lfs_whiteout_format whiteout_format(const struct lfs_options *o)
+{
+	if (!o->whiteout)
+		return LFS_WHITEOUT_AUTO;
+	return strcmp(o->whiteout, "oci") == 0 ? LFS_WHITEOUT_OCI
+					       : LFS_WHITEOUT_CHARDEV;
 }
 
 /* Tell the waiting parent how it went: "" for success, else a message. */
@@ -414,28 +418,29 @@ int main(int argc, char *argv[])
 	char *cache_dir_owned = NULL;
 	if (r == 0) {
 		struct lfs_fs_config config = {
-			.read_only = true,
+			.read_only = !opts.upperdir,
+			.workdir = opts.workdir,
+			.whiteout = whiteout_format(&opts),
+			.no_fsync = !opts.fsync,
 			.max_data_fds = data_fd_budget(fd_limit, stack->n_layers),
 			.index_cache_dir = index_cache_dir(&opts,
 							   &cache_dir_owned),
 		};
-		r = lfs_fs_new(&ctx.fs, stack, &config);
+		r = lfs_fs_new(&ctx.fs, stack, &config, err);
 		free(cache_dir_owned);
-		if (r < 0) {
-			snprintf(err, sizeof(err), "%s", strerror(-r));
+		if (r < 0)
 			lfs_stack_free(stack);
-		}
 	}
 	if (r < 0) {
 		fprintf(stderr, PROG ": %s\n", err);
 		lfs_options_free(&opts);
 		return 1;
 	}
-	if (opts.upperdir)
-		fprintf(stderr, PROG ": warning: upperdir %s is shown read-only;"
-			" writes are not supported yet\n", opts.upperdir);
 	ctx.timeout = opts.timeout;
-	ctx.read_only = true;
+	ctx.read_only = !opts.upperdir;
+	/* Objects get exactly the mode the caller asked for (the kernel has
+	 * applied the caller's umask already). */
+	umask(0);
 
 	int report_fd = opts.foreground ? -1 : daemonize();
 	r = serve(&opts, &ctx, report_fd);

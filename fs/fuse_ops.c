@@ -32,9 +32,25 @@ static fuse_ino_t ino_of(struct lfs_fuse *f, struct lfs_node *node)
 					  : (fuse_ino_t)(uintptr_t)node;
 }
 
+/* Errors (and 0, for requests whose only reply is success). */
 static void reply_err(fuse_req_t req, int r)
 {
 	fuse_reply_err(req, -r);
+}
+
+/*
+ * How long the kernel may keep attributes.  The kernel makes one inode per
+ * node, that is per name, so on a writable mount the names of a hard link
+ * are separate inodes: a change through one (its link count, its data)
+ * would not reach the others' cached attributes.  Their attributes are
+ * therefore never cached, and with auto_inval_data (op_init) a changed
+ * mtime or size also drops their cached pages.
+ */
+static double attr_timeout(const struct lfs_fuse *f, const struct stat *st)
+{
+	if (!f->read_only && !S_ISDIR(st->st_mode) && st->st_nlink > 1)
+		return 0;
+	return f->timeout;
 }
 
 static void fill_entry(struct lfs_fuse *f, struct fuse_entry_param *e,
@@ -43,7 +59,7 @@ static void fill_entry(struct lfs_fuse *f, struct fuse_entry_param *e,
 	memset(e, 0, sizeof(*e));
 	e->ino = ino_of(f, node);
 	e->attr = *st;
-	e->attr_timeout = f->timeout;
+	e->attr_timeout = attr_timeout(f, st);
 	e->entry_timeout = f->timeout;
 }
 
@@ -65,8 +81,12 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO;
-	/* Layers never change behind our back: no invalidation on mtime. */
-	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/* Layers never change behind our back: no invalidation on mtime.
+	 * A writable mount needs it for hard links (see attr_timeout). */
+	if (f->read_only)
+		conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	else if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA)
+		conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -118,7 +138,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	if (r < 0)
 		reply_err(req, r);
 	else
-		fuse_reply_attr(req, &st, ctx(req)->timeout);
+		fuse_reply_attr(req, &st, attr_timeout(ctx(req), &st));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -290,8 +310,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->fh = (uint64_t)fd;
-	/* Lower layers are immutable, so cached pages stay valid. */
-	fi->keep_cache = ctx(req)->read_only;
+	/* Lower layers are immutable and the upper changes only through
+	 * this mount, whose writes keep the kernel's pages current. */
+	fi->keep_cache = 1;
 	fi->noflush = 1;
 	if (fuse_reply_open(req, fi) != 0)
 		close(fd);
@@ -350,17 +371,25 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		     struct fuse_file_info *fi)
 {
+	int fd = (int)fi->fh;
+
 	(void)ino;
-	(void)datasync;
-	(void)fi;
-	/* Nothing of ours is dirty: layer data is never written. */
-	fuse_reply_err(req, 0);
+	/* Lower layers are never written: only an upper file has anything
+	 * to sync, and a read-only mount has no handles. */
+	if (ctx(req)->read_only || ctx(req)->zero_message_open) {
+		fuse_reply_err(req, 0);
+		return;
+	}
+	fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? errno
+								       : 0);
 }
 
 static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 			struct fuse_file_info *fi)
 {
-	op_fsync(req, ino, datasync, fi);
+	(void)fi;
+	reply_err(req, lfs_fsyncdir(ctx(req)->fs, node_of(req, ino),
+				    datasync != 0));
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
@@ -438,88 +467,190 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		close(fd);
 }
 
-/* Every change, until the writable upper layer exists. */
+/* ------------------------------------------------------------------ */
+/* Changes (the core answers EROFS on a read-only mount)               */
+
+static struct lfs_cred cred_of(fuse_req_t req)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+
+	return (struct lfs_cred){ .uid = c->uid, .gid = c->gid };
+}
+
+/* Reply to a request that made a new name: its node and attributes. */
+static void reply_new_entry(fuse_req_t req, int r, struct lfs_node *node,
+			    const struct stat *st)
+{
+	struct lfs_fuse *f = ctx(req);
+	struct fuse_entry_param e;
+
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
+	fill_entry(f, &e, node, st);
+	if (fuse_reply_entry(req, &e) != 0)
+		lfs_node_unref(f->fs, node, 1);
+}
+
+static unsigned setattr_mask(int to_set)
+{
+	unsigned m = 0;
+
+	m |= (to_set & FUSE_SET_ATTR_MODE) ? LFS_SET_MODE : 0;
+	m |= (to_set & FUSE_SET_ATTR_UID) ? LFS_SET_UID : 0;
+	m |= (to_set & FUSE_SET_ATTR_GID) ? LFS_SET_GID : 0;
+	m |= (to_set & FUSE_SET_ATTR_SIZE) ? LFS_SET_SIZE : 0;
+	m |= (to_set & FUSE_SET_ATTR_ATIME) ? LFS_SET_ATIME : 0;
+	m |= (to_set & FUSE_SET_ATTR_MTIME) ? LFS_SET_MTIME : 0;
+	m |= (to_set & FUSE_SET_ATTR_ATIME_NOW) ? LFS_SET_ATIME_NOW : 0;
+	m |= (to_set & FUSE_SET_ATTR_MTIME_NOW) ? LFS_SET_MTIME_NOW : 0;
+	return m;
+}
+
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		       int to_set, struct fuse_file_info *fi)
 {
-	(void)ino, (void)attr, (void)to_set, (void)fi;
-	fuse_reply_err(req, EROFS);
+	struct stat st;
+	int r = lfs_setattr(ctx(req)->fs, node_of(req, ino), attr,
+			    setattr_mask(to_set), fi ? (int)fi->fh : -1, &st);
+
+	if (r < 0)
+		reply_err(req, r);
+	else
+		fuse_reply_attr(req, &st, attr_timeout(ctx(req), &st));
 }
 
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 		     mode_t mode, dev_t rdev)
 {
-	(void)parent, (void)name, (void)mode, (void)rdev;
-	fuse_reply_err(req, EROFS);
+	struct lfs_cred c = cred_of(req);
+	struct lfs_node *node = NULL;
+	struct stat st;
+	int r = lfs_mknod(ctx(req)->fs, node_of(req, parent), name, mode, rdev,
+			  &c, &node, &st);
+
+	reply_new_entry(req, r, node, &st);
 }
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 		     mode_t mode)
 {
-	(void)parent, (void)name, (void)mode;
-	fuse_reply_err(req, EROFS);
-}
+	struct lfs_cred c = cred_of(req);
+	struct lfs_node *node = NULL;
+	struct stat st;
+	int r = lfs_mkdir(ctx(req)->fs, node_of(req, parent), name, mode, &c,
+			  &node, &st);
 
-static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-	(void)parent, (void)name;
-	fuse_reply_err(req, EROFS);
+	reply_new_entry(req, r, node, &st);
 }
 
 static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 		       const char *name)
 {
-	(void)link, (void)parent, (void)name;
-	fuse_reply_err(req, EROFS);
+	struct lfs_cred c = cred_of(req);
+	struct lfs_node *node = NULL;
+	struct stat st;
+	int r = lfs_symlink(ctx(req)->fs, node_of(req, parent), name, link, &c,
+			    &node, &st);
+
+	reply_new_entry(req, r, node, &st);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		    const char *newname)
+{
+	struct lfs_node *node = NULL;
+	struct stat st;
+	int r = lfs_link(ctx(req)->fs, node_of(req, ino),
+			 node_of(req, newparent), newname, &node, &st);
+
+	reply_new_entry(req, r, node, &st);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	reply_err(req, lfs_unlink(ctx(req)->fs, node_of(req, parent), name));
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	reply_err(req, lfs_rmdir(ctx(req)->fs, node_of(req, parent), name));
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		      fuse_ino_t newparent, const char *newname,
 		      unsigned int flags)
 {
-	(void)parent, (void)name, (void)newparent, (void)newname, (void)flags;
-	fuse_reply_err(req, EROFS);
-}
-
-static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
-		    const char *newname)
-{
-	(void)ino, (void)newparent, (void)newname;
-	fuse_reply_err(req, EROFS);
+	reply_err(req, lfs_rename(ctx(req)->fs, node_of(req, parent), name,
+				  node_of(req, newparent), newname, flags));
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		      mode_t mode, struct fuse_file_info *fi)
 {
-	(void)parent, (void)name, (void)mode, (void)fi;
-	fuse_reply_err(req, EROFS);
+	struct lfs_fuse *f = ctx(req);
+	struct lfs_cred c = cred_of(req);
+	struct fuse_entry_param e;
+	struct lfs_node *node;
+	struct stat st;
+	int fd = lfs_create(f->fs, node_of(req, parent), name, mode, fi->flags,
+			    &c, &node, &st);
+
+	if (fd < 0) {
+		reply_err(req, fd);
+		return;
+	}
+	fill_entry(f, &e, node, &st);
+	fi->fh = (uint64_t)fd;
+	fi->keep_cache = 1;
+	fi->noflush = 1;
+	if (fuse_reply_create(req, &e, fi) != 0) {
+		close(fd);
+		lfs_node_unref(f->fs, node, 1);
+	}
 }
 
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			const char *value, size_t size, int flags)
 {
-	(void)ino, (void)name, (void)value, (void)size, (void)flags;
-	fuse_reply_err(req, EROFS);
+	reply_err(req, lfs_setxattr(ctx(req)->fs, node_of(req, ino), name,
+				    value, size, flags));
 }
 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	(void)ino, (void)name;
-	fuse_reply_err(req, EROFS);
+	reply_err(req, lfs_removexattr(ctx(req)->fs, node_of(req, ino), name));
 }
 
-static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
-		     size_t size, off_t off, struct fuse_file_info *fi)
+/* Data written to an open upper file: the handle's fd takes it, spliced
+ * from the request when the kernel sent it that way. */
+static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
+			 struct fuse_bufvec *in, off_t off,
+			 struct fuse_file_info *fi)
 {
-	(void)ino, (void)buf, (void)size, (void)off, (void)fi;
-	fuse_reply_err(req, EROFS);
+	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+	ssize_t n;
+
+	(void)ino;
+	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	out.buf[0].fd = (int)fi->fh;
+	out.buf[0].pos = off;
+	n = fuse_buf_copy(&out, in, 0);
+	if (n < 0)
+		reply_err(req, (int)n);
+	else
+		fuse_reply_write(req, (size_t)n);
 }
 
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
 			 off_t offset, off_t length, struct fuse_file_info *fi)
 {
-	(void)ino, (void)mode, (void)offset, (void)length, (void)fi;
-	fuse_reply_err(req, EROFS);
+	(void)ino;
+	if (fallocate((int)fi->fh, mode, offset, length) < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_err(req, 0);
 }
 
 static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in,
@@ -528,9 +659,16 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in,
 			       struct fuse_file_info *fi_out, size_t len,
 			       int flags)
 {
-	(void)ino_in, (void)off_in, (void)fi_in, (void)ino_out, (void)off_out;
-	(void)fi_out, (void)len, (void)flags;
-	fuse_reply_err(req, EROFS);
+	loff_t in = off_in, out = off_out;
+	ssize_t n;
+
+	(void)ino_in, (void)ino_out;
+	n = copy_file_range((int)fi_in->fh, &in, (int)fi_out->fh, &out, len,
+			    (unsigned)flags);
+	if (n < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_write(req, (size_t)n);
 }
 
 const struct fuse_lowlevel_ops lfs_fuse_ops = {
@@ -559,14 +697,14 @@ const struct fuse_lowlevel_ops lfs_fuse_ops = {
 	.mknod = op_mknod,
 	.mkdir = op_mkdir,
 	.unlink = op_unlink,
-	.rmdir = op_unlink,
+	.rmdir = op_rmdir,
 	.symlink = op_symlink,
 	.rename = op_rename,
 	.link = op_link,
 	.create = op_create,
 	.setxattr = op_setxattr,
 	.removexattr = op_removexattr,
-	.write = op_write,
+	.write_buf = op_write_buf,
 	.fallocate = op_fallocate,
 	.copy_file_range = op_copy_file_range,
 };

@@ -20,6 +20,8 @@ extern _Thread_local bool lfs_hash_oom;
 
 #include "layerfs.h"
 
+struct lfs_upper;
+
 /* ------------------------------------------------------------------ */
 /* whiteout.c: the only code that knows the on-disk encodings          */
 
@@ -55,6 +57,18 @@ int lfs_whiteout_classify(int dir_fd, const struct lfs_dir_marks *marks,
 			  struct lfs_classified *ret);
 /* True for names that are never visible nor looked up (".wh.*"). */
 bool lfs_whiteout_is_reserved_name(const char *name);
+
+/* Writing, into the upper layer, in the format probed at mount (upper.c).
+ * dir_fd is the upper directory holding name. */
+int lfs_whiteout_write(const struct lfs_upper *u, int dir_fd,
+		       const char *name);
+/* Make a whiteout named tmp in the work directory, to be renamed over an
+ * upper object (char device format only: -ENOTSUP otherwise). */
+int lfs_whiteout_write_tmp(const struct lfs_upper *u, const char *tmp);
+/* Remove the OCI ".wh.<name>" of name, if any (0 when there is none). */
+int lfs_whiteout_remove_oci(int dir_fd, const char *name);
+/* Mark the upper directory dir_fd opaque. */
+int lfs_whiteout_mark_opaque(const struct lfs_upper *u, int dir_fd);
 
 /* ------------------------------------------------------------------ */
 /* layercache.c: a digest-named layer's directories, recorded once     */
@@ -111,12 +125,25 @@ struct lfs_entry {
 	struct lfs_node *node; /* live node for this name or NULL;
 				  protected by the directory node's mu */
 	const void *stat_rec;  /* borrowed from a layer cache, or NULL */
+	/* Writable mounts (layer 0 is the upper): */
+	bool upper_whiteout;   /* the upper holds a whiteout of name */
+	bool lower_visible;    /* a lower layer would show name were the
+				  upper silent: removing it needs a whiteout */
+	uint32_t lower_layer;  /* the layer that decided lower_visible, or 0 */
+	uint64_t ino_override; /* reported st_ino kept across a copy-up, or 0 */
 	char name[];
 };
 
+/*
+ * On a writable mount an index changes in place (under fs->ns_lock held
+ * for writing) and its entries are never freed before the index: nodes
+ * borrow them.  A removed name stays as a hidden entry.
+ */
 struct lfs_dirindex {
-	struct lfs_entry *by_name;    /* uthash head */
-	struct lfs_entry **visible;   /* owned array, readdir order */
+	struct lfs_entry *by_name;    /* uthash head, in insertion order */
+	struct lfs_entry **visible;   /* owned array, readdir order; read-only
+					 mounts only (writable ones list
+					 the hash) */
 	size_t n_visible;
 	size_t n_entries;             /* including whiteouts */
 	uint32_t n_layers_read;       /* after opaque truncation */
@@ -131,6 +158,24 @@ int lfs_dirindex_build(struct lfs_fs *fs, const char *relpath,
 void lfs_dirindex_free(struct lfs_dirindex *index);
 struct lfs_entry *lfs_dirindex_find(const struct lfs_dirindex *index,
 				    const char *name);
+/* Make name show the upper layer's new object (created, or renamed
+ * here); *ret is its entry, reused if name had one. */
+int lfs_dirindex_put_upper(struct lfs_dirindex *index, const char *name,
+			   unsigned char type, uint64_t real_ino,
+			   struct lfs_entry **ret);
+/* The entry's object now has an upper copy with inode upper_ino; it keeps
+ * reporting reported_ino. */
+int lfs_entry_copied_up(struct lfs_entry *e, uint64_t upper_ino,
+			uint64_t reported_ino);
+/* Hide the entry's name; upper_whiteout: a whiteout was written for it. */
+void lfs_entry_hide(struct lfs_entry *e, bool upper_whiteout);
+/* Every name now lives in the upper copy of the directory alone. */
+void lfs_dirindex_drop_lower(struct lfs_dirindex *index,
+			     struct lfs_entry *dir_entry);
+/* True when no name is visible. */
+bool lfs_dirindex_is_empty(const struct lfs_dirindex *index);
+/* The st_ino the entry's object reports. */
+uint64_t lfs_entry_ino(struct lfs_fs *fs, const struct lfs_entry *e);
 
 /* ------------------------------------------------------------------ */
 /* node.c: merged names, their lifetime and paths                      */
@@ -153,6 +198,13 @@ struct lfs_node {
 	const struct lfs_layer_list *dir_layers;  /* dir: borrowed */
 	_Atomic int data_fd;       /* file: cached read fd or -1; see file.c */
 	const void *stat_rec;      /* borrowed: recorded attributes or NULL */
+	/* Writable mounts.  Lock order: copyup_mu, then fs->ns_lock, then
+	 * node mu's (one at a time). */
+	pthread_mutex_t copyup_mu; /* one copy-up of this file at a time */
+	bool is_orphan;            /* its name was removed or replaced while
+				      the kernel still knew it */
+	int orphan_fd;             /* orphan: O_PATH on its object, or -1 */
+	struct lfs_node *orphan_next, *orphan_prev;  /* fs->orphans list */
 };
 
 struct lfs_node *lfs_node_new_root(struct lfs_fs *fs);
@@ -165,6 +217,25 @@ int lfs_node_get_child(struct lfs_fs *fs, struct lfs_node *parent,
 /* Build node's directory index if needed; returns it (borrowed). */
 int lfs_node_index(struct lfs_fs *fs, struct lfs_node *node,
 		   struct lfs_dirindex **ret);
+/* The live node of entry e in parent, +1 reference (ns lock held). */
+int lfs_node_child(struct lfs_fs *fs, struct lfs_node *parent,
+		   struct lfs_entry *e, struct lfs_node **ret);
+/* Variants for callers already holding fs->ns_lock (either way). */
+void lfs_node_unref_locked(struct lfs_fs *fs, struct lfs_node *node,
+			   uint64_t n);
+void lfs_node_ref_locked(struct lfs_fs *fs, struct lfs_node *node);
+/* ns lock held for writing: the entry's name is gone or replaced; the
+ * node stays usable through an O_PATH fd on its object, opened now. */
+void lfs_node_orphan(struct lfs_fs *fs, struct lfs_node *node);
+/* ns lock held for writing: node's name is now entry e of newparent. */
+void lfs_node_move(struct lfs_fs *fs, struct lfs_node *node,
+		   struct lfs_node *newparent, struct lfs_entry *e);
+/* lookup.c: lfs_lookup and lfs_getattr for holders of the ns lock. */
+int lfs_lookup_locked(struct lfs_fs *fs, struct lfs_node *parent,
+		      const char *name, struct lfs_node **ret_node,
+		      struct stat *ret_st);
+int lfs_getattr_locked(struct lfs_fs *fs, struct lfs_node *node,
+		       struct stat *ret_st);
 
 /* ------------------------------------------------------------------ */
 /* inomap.c: reported inode numbers                                    */
@@ -180,6 +251,69 @@ int lfs_inomap_init(struct lfs_inomap *map, uint32_t n_filesystems);
 void lfs_inomap_destroy(struct lfs_inomap *map);
 uint64_t lfs_inomap_get(struct lfs_inomap *map, uint32_t fs_index,
 			uint64_t real_ino);
+
+/* ------------------------------------------------------------------ */
+/* upper.c: the writable upper layer, its work directory and policy    */
+
+/* Decided once at mount; the hot paths only read these flags. */
+struct lfs_upper {
+	int root_fd;               /* borrowed: layer 0's root (O_PATH) */
+	int work_fd;               /* owned: <workdir>/work (O_PATH) */
+	bool whiteout_chardev;     /* write char 0/0 whiteouts, else OCI */
+	const char *opaque_xattr;  /* static: the opaque xattr we can set, or
+				      NULL for OCI ".wh..wh..opq" files */
+	bool can_reflink;          /* FICLONE from the lower layers works */
+	atomic_bool can_copy_range; /* copy_file_range works (cleared on the
+				       first failure) */
+	bool fsync;                /* fsync copied-up data before publishing */
+	atomic_uint tmp_seq;       /* names of work files */
+	/* Hard links of lower files (copyup.c, "Hard links"): */
+	int index_fd;              /* owned: <workdir>/index (O_PATH), or -1 */
+	atomic_bool has_index;     /* the index holds an entry */
+	const char *links_xattr;   /* static: where an indexed copy records
+				      its lower names not yet copied up */
+};
+
+int lfs_upper_open(struct lfs_upper *u, const struct lfs_layer *upper,
+		   const struct lfs_layer *lower, const char *workdir,
+		   enum lfs_whiteout_format format, char err[LFS_ERRLEN]);
+void lfs_upper_close(struct lfs_upper *u);
+/* A fresh name for a file in the work directory. */
+void lfs_upper_tmpname(struct lfs_upper *u, char buf[32]);
+/* rm -rf name under dir_fd (for the work directory). */
+int lfs_upper_remove_tree(int dir_fd, const char *name);
+/* O_PATH fd on the upper copy of directory relpath. */
+int lfs_upper_open_dir(const struct lfs_upper *u, const char *relpath);
+
+/* ------------------------------------------------------------------ */
+/* copyup.c: giving a lower object its upper copy                      */
+
+/* Copy node up (parents first).  A regular file's data is copied unless
+ * with_data is false (open O_TRUNC, truncate to 0).  Takes the locks it
+ * needs: the caller holds no ns lock. */
+int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data);
+/* The same for directories, with the ns lock held for writing. */
+int lfs_copy_up_dir_locked(struct lfs_fs *fs, struct lfs_node *dir);
+/* Copy up dir and everything visible below it, so that the upper copy
+ * alone holds the merged tree (before a directory rename). */
+int lfs_copy_up_tree(struct lfs_fs *fs, struct lfs_node *dir);
+/* A lower hard link whose inode another name already copied up (see
+ * "Hard links" in copyup.c) is copied up now, by linking, so that every
+ * name shows the one copy.  st: the node's attributes as just read.
+ * Returns 1 if it did (st is then stale), 0 if nothing was needed. */
+int lfs_copy_up_if_linked(struct lfs_fs *fs, struct lfs_node *node,
+			  const struct stat *st);
+/* The link count of an upper file that has an index entry: its upper
+ * names plus the lower names not yet copied up (ns lock held). */
+void lfs_fix_indexed_nlink(struct lfs_fs *fs, struct lfs_node *node,
+			   const char *relpath, struct stat *st);
+/* A lower name of an indexed inode was removed (ns lock held for
+ * writing): one lower name less is pending. */
+void lfs_index_forget_lower_name(struct lfs_fs *fs, uint32_t layer,
+				 uint64_t real_ino);
+/* Copy the xattrs of src_path to dst_path (both /proc paths), but the
+ * private ones. */
+int lfs_copy_xattrs(const char *src_path, const char *dst_path);
 
 /* ------------------------------------------------------------------ */
 /* fs.c: the filesystem instance                                       */
@@ -198,6 +332,16 @@ struct lfs_fs {
 	atomic_bool *layer_cache_tried;                   /* owned, n_layers */
 	pthread_mutex_t layer_cache_mu;
 
+	/* The writable upper layer (!config.read_only). */
+	bool writable;
+	struct lfs_upper upper;
+	/* The namespace lock of a writable mount: held for reading by every
+	 * request that reads the tree (lookups, paths, listings), for
+	 * writing by every change to it.  Read-only mounts never take it. */
+	pthread_rwlock_t ns_lock;
+	pthread_mutex_t orphan_mu;      /* protects orphans */
+	struct lfs_node *orphans;       /* nodes whose names were removed */
+
 	/* The background cache builder (lfs_fs_start_background). */
 	pthread_t builder;
 	bool builder_running;
@@ -213,11 +357,28 @@ void lfs_node_close_data_fd(struct lfs_fs *fs, struct lfs_node *node);
 /* Reported inode number of the object (layer, real_ino). */
 uint64_t lfs_fs_ino(struct lfs_fs *fs, uint32_t layer, uint64_t real_ino);
 
+static inline void lfs_ns_rdlock(struct lfs_fs *fs)
+{
+	if (fs->writable)
+		pthread_rwlock_rdlock(&fs->ns_lock);
+}
+
+static inline void lfs_ns_wrlock(struct lfs_fs *fs)
+{
+	pthread_rwlock_wrlock(&fs->ns_lock);
+}
+
+static inline void lfs_ns_unlock(struct lfs_fs *fs)
+{
+	if (fs->writable)
+		pthread_rwlock_unlock(&fs->ns_lock);
+}
+
 /* ------------------------------------------------------------------ */
 /* pathbuf.c: fd-relative access beneath a layer root                  */
 
 /* "/proc/self/fd/<fd>/<rel>" for the *xattr(2) calls that lack an *at()
- * form; -ENAMETOOLONG if it does not fit. */
+ * form ("" rel: the fd's own object); -ENAMETOOLONG if it does not fit. */
 int lfs_proc_path(char buf[PATH_MAX], int dir_fd, const char *rel);
 
 #endif /* LAYERFS_I_H */

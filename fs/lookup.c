@@ -39,13 +39,17 @@ static bool is_merged_dir(struct lfs_fs *fs, struct lfs_node *node)
 static int node_stat(struct lfs_fs *fs, struct lfs_node *node,
 		     struct stat *ret_st)
 {
-	char path[PATH_MAX];
+	char path[PATH_MAX] = ".";
 	struct stat st;
 	int r;
 
 	/* A layer's recorded attributes spare reading its inode: after a
 	 * cache drop that is most of what a stat costs. */
-	if (node->stat_rec) {
+	if (node->is_orphan) {
+		if (node->orphan_fd < 0 ||
+		    fstatat(node->orphan_fd, "", &st, AT_EMPTY_PATH) < 0)
+			return -ESTALE;
+	} else if (node->stat_rec) {
 		lfs_layercache_decode_stat(node->stat_rec, &st);
 	} else {
 		r = lfs_node_path(node, path, sizeof(path));
@@ -58,46 +62,35 @@ static int node_stat(struct lfs_fs *fs, struct lfs_node *node,
 	st.st_ino = node->ino;
 	if (S_ISDIR(st.st_mode) && is_merged_dir(fs, node))
 		st.st_nlink = 1;
+	else if (fs->writable && node->layer == 0 && st.st_nlink > 1)
+		lfs_fix_indexed_nlink(fs, node, path, &st);
 	*ret_st = st;
 	return 0;
 }
 
-int lfs_getattr(struct lfs_fs *fs, struct lfs_node *node, struct stat *ret_st)
+int lfs_getattr_locked(struct lfs_fs *fs, struct lfs_node *node,
+		       struct stat *ret_st)
 {
 	return node_stat(fs, node, ret_st);
 }
 
-/* The live node for entry e of parent, with one new reference. */
-static int child_of(struct lfs_fs *fs, struct lfs_node *parent,
-		    struct lfs_entry *e, struct lfs_node **ret)
+int lfs_getattr(struct lfs_fs *fs, struct lfs_node *node, struct stat *ret_st)
 {
-	bool created = false;
-	int r;
-
-	*ret = NULL;
-	/* Usually the kernel asks again for a name it knows: one lock. */
-	pthread_mutex_lock(&parent->mu);
-	if (e->node) {
-		e->node->refs++;
-		*ret = e->node;
+	lfs_ns_rdlock(fs);
+	int r = node_stat(fs, node, ret_st);
+	lfs_ns_unlock(fs);
+	/* Another name of this lower hard link was copied up: so is this. */
+	if (r == 0 && lfs_copy_up_if_linked(fs, node, ret_st) > 0) {
+		lfs_ns_rdlock(fs);
+		r = node_stat(fs, node, ret_st);
+		lfs_ns_unlock(fs);
 	}
-	pthread_mutex_unlock(&parent->mu);
-	if (*ret)
-		return 0;
-	/* A new child holds a reference on its parent, taken before
-	 * parent->mu so that no two node locks are ever held together (see
-	 * node.c); given back if another thread created the child first. */
-	lfs_node_ref(fs, parent);
-	pthread_mutex_lock(&parent->mu);
-	r = lfs_node_get_child(fs, parent, e, ret, &created);
-	pthread_mutex_unlock(&parent->mu);
-	if (r < 0 || !created)
-		lfs_node_unref(fs, parent, 1);
 	return r;
 }
 
-int lfs_lookup(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
-	       struct lfs_node **ret_node, struct stat *ret_st)
+int lfs_lookup_locked(struct lfs_fs *fs, struct lfs_node *parent,
+		      const char *name, struct lfs_node **ret_node,
+		      struct stat *ret_st)
 {
 	struct lfs_dirindex *index;
 	struct lfs_node *child = NULL;
@@ -115,15 +108,38 @@ int lfs_lookup(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
 	if (!e || e->is_whiteout)
 		return -ENOENT;
 
-	r = child_of(fs, parent, e, &child);
+	r = lfs_node_child(fs, parent, e, &child);
 	if (r < 0)
 		return r;
 
 	r = node_stat(fs, child, ret_st);
 	if (r < 0) {
-		lfs_node_unref(fs, child, 1);
+		lfs_node_unref_locked(fs, child, 1);
 		return r;
 	}
 	*ret_node = child;
+	return 0;
+}
+
+int lfs_lookup(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
+	       struct lfs_node **ret_node, struct stat *ret_st)
+{
+	struct lfs_node *node;
+	struct stat st;
+
+	lfs_ns_rdlock(fs);
+	int r = lfs_lookup_locked(fs, parent, name, &node, &st);
+	lfs_ns_unlock(fs);
+	if (r < 0)
+		return r;
+	r = lfs_copy_up_if_linked(fs, node, &st);
+	if (r > 0)
+		r = lfs_getattr(fs, node, &st);
+	if (r < 0) {
+		lfs_node_unref(fs, node, 1);
+		return r;
+	}
+	*ret_node = node;
+	*ret_st = st;
 	return 0;
 }

@@ -11,11 +11,18 @@
  * parent's index entry is where lookups find the node; so a lookup that
  * finds a live node and takes a reference, and an unref that unlinks the
  * node, exclude each other.  No function holds two node locks at once.
+ *
+ * On a writable mount a node's parent and entry change (rename), so every
+ * reader of node->parent holds fs->ns_lock for reading, and the changes
+ * hold it for writing.  A node whose name is removed while the kernel
+ * still knows it becomes an orphan: detached from its entry, kept on
+ * fs->orphans, reached through an O_PATH fd on its object.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "layerfs_i.h"
 
@@ -31,7 +38,9 @@ struct lfs_node *lfs_node_new_root(struct lfs_fs *fs)
 		return NULL;
 	}
 	pthread_mutex_init(&root->mu, NULL);
+	pthread_mutex_init(&root->copyup_mu, NULL);
 	atomic_init(&root->data_fd, -1);
+	root->orphan_fd = -1;
 	root->name = "";
 	root->type = DT_DIR;
 	root->layer = 0;
@@ -41,23 +50,44 @@ struct lfs_node *lfs_node_new_root(struct lfs_fs *fs)
 	return root;
 }
 
+static void orphan_list_remove(struct lfs_fs *fs, struct lfs_node *node)
+{
+	pthread_mutex_lock(&fs->orphan_mu);
+	if (node->orphan_prev)
+		node->orphan_prev->orphan_next = node->orphan_next;
+	else
+		fs->orphans = node->orphan_next;
+	if (node->orphan_next)
+		node->orphan_next->orphan_prev = node->orphan_prev;
+	pthread_mutex_unlock(&fs->orphan_mu);
+}
+
 static void node_free(struct lfs_fs *fs, struct lfs_node *node)
 {
+	if (node->is_orphan) {
+		orphan_list_remove(fs, node);
+		if (node->orphan_fd >= 0)
+			close(node->orphan_fd);
+	}
 	lfs_node_close_data_fd(fs, node);
 	lfs_dirindex_free(atomic_load(&node->index));
 	pthread_mutex_destroy(&node->mu);
+	pthread_mutex_destroy(&node->copyup_mu);
 	free(node);
 }
 
 /* Free node and every descendant the kernel still held: at unmount the
- * kernel may not have sent all its forgets. */
+ * kernel may not have sent all its forgets.  Each live node is reached
+ * once: through its entry, or (an orphan) through fs->orphans. */
 static void node_free_tree(struct lfs_fs *fs, struct lfs_node *node)
 {
 	struct lfs_dirindex *index = atomic_load(&node->index);
+	struct lfs_entry *e, *tmp;
 
-	for (size_t i = 0; index && i < index->n_visible; i++)
-		if (index->visible[i]->node)
-			node_free_tree(fs, index->visible[i]->node);
+	if (index)
+		HASH_ITER(hh, index->by_name, e, tmp)
+			if (e->node)
+				node_free_tree(fs, e->node);
 	node_free(fs, node);
 }
 
@@ -65,6 +95,18 @@ void lfs_node_free_root(struct lfs_fs *fs, struct lfs_node *root)
 {
 	if (root)
 		node_free_tree(fs, root);
+	/* Orphans outlive their old parents' indexes only in memory order:
+	 * none of them is reachable from the tree any more. */
+	while (fs->orphans) {
+		struct lfs_node *o = fs->orphans;
+		fs->orphans = o->orphan_next;
+		o->orphan_prev = NULL;
+		o->orphan_next = NULL;
+		o->is_orphan = false;
+		if (o->orphan_fd >= 0)
+			close(o->orphan_fd);
+		node_free_tree(fs, o);
+	}
 }
 
 int lfs_node_get_child(struct lfs_fs *fs, struct lfs_node *parent,
@@ -83,14 +125,16 @@ int lfs_node_get_child(struct lfs_fs *fs, struct lfs_node *parent,
 	if (!child)
 		return -ENOMEM;
 	pthread_mutex_init(&child->mu, NULL);
+	pthread_mutex_init(&child->copyup_mu, NULL);
 	atomic_init(&child->data_fd, -1);
+	child->orphan_fd = -1;
 	child->parent = parent;
 	child->entry = entry;
 	child->name = entry->name;
 	child->layer = entry->layer;
 	child->type = entry->type;
 	child->stat_rec = entry->stat_rec;
-	child->ino = lfs_fs_ino(fs, entry->layer, entry->real_ino);
+	child->ino = lfs_entry_ino(fs, entry);
 	child->refs = 1;
 	if (entry->type == DT_DIR)
 		child->dir_layers = &entry->dir_layers;
@@ -100,7 +144,7 @@ int lfs_node_get_child(struct lfs_fs *fs, struct lfs_node *parent,
 	return 0;
 }
 
-void lfs_node_ref(struct lfs_fs *fs, struct lfs_node *node)
+void lfs_node_ref_locked(struct lfs_fs *fs, struct lfs_node *node)
 {
 	(void)fs;
 	if (!node->parent)
@@ -110,7 +154,15 @@ void lfs_node_ref(struct lfs_fs *fs, struct lfs_node *node)
 	pthread_mutex_unlock(&node->parent->mu);
 }
 
-void lfs_node_unref(struct lfs_fs *fs, struct lfs_node *node, uint64_t n)
+void lfs_node_ref(struct lfs_fs *fs, struct lfs_node *node)
+{
+	lfs_ns_rdlock(fs);
+	lfs_node_ref_locked(fs, node);
+	lfs_ns_unlock(fs);
+}
+
+void lfs_node_unref_locked(struct lfs_fs *fs, struct lfs_node *node,
+			   uint64_t n)
 {
 	while (node && node->parent) {
 		struct lfs_node *parent = node->parent;
@@ -119,7 +171,7 @@ void lfs_node_unref(struct lfs_fs *fs, struct lfs_node *node, uint64_t n)
 		pthread_mutex_lock(&parent->mu);
 		node->refs -= n;
 		dead = node->refs == 0;
-		if (dead)
+		if (dead && node->entry->node == node)
 			node->entry->node = NULL;
 		pthread_mutex_unlock(&parent->mu);
 		if (!dead)
@@ -129,6 +181,87 @@ void lfs_node_unref(struct lfs_fs *fs, struct lfs_node *node, uint64_t n)
 		n = 1;
 	}
 	/* The root lives as long as the filesystem: its count is not kept. */
+}
+
+void lfs_node_unref(struct lfs_fs *fs, struct lfs_node *node, uint64_t n)
+{
+	lfs_ns_rdlock(fs);
+	lfs_node_unref_locked(fs, node, n);
+	lfs_ns_unlock(fs);
+}
+
+int lfs_node_child(struct lfs_fs *fs, struct lfs_node *parent,
+		   struct lfs_entry *e, struct lfs_node **ret)
+{
+	bool created = false;
+	int r;
+
+	*ret = NULL;
+	/* Usually the kernel asks again for a name it knows: one lock. */
+	pthread_mutex_lock(&parent->mu);
+	if (e->node) {
+		e->node->refs++;
+		*ret = e->node;
+	}
+	pthread_mutex_unlock(&parent->mu);
+	if (*ret)
+		return 0;
+	/* A new child holds a reference on its parent, taken before
+	 * parent->mu so that no two node locks are ever held together; given
+	 * back if another thread created the child first. */
+	lfs_node_ref_locked(fs, parent);
+	pthread_mutex_lock(&parent->mu);
+	r = lfs_node_get_child(fs, parent, e, ret, &created);
+	pthread_mutex_unlock(&parent->mu);
+	if (r < 0 || !created)
+		lfs_node_unref_locked(fs, parent, 1);
+	return r;
+}
+
+void lfs_node_orphan(struct lfs_fs *fs, struct lfs_node *node)
+{
+	char path[PATH_MAX];
+
+	if (node->is_orphan)
+		return;
+	if (lfs_node_path(node, path, sizeof(path)) == 0)
+		node->orphan_fd = openat(fs->stack->layers[node->layer].root_fd,
+					 path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	pthread_mutex_lock(&node->parent->mu);
+	if (node->entry->node == node)
+		node->entry->node = NULL;
+	pthread_mutex_unlock(&node->parent->mu);
+	node->is_orphan = true;
+	pthread_mutex_lock(&fs->orphan_mu);
+	node->orphan_prev = NULL;
+	node->orphan_next = fs->orphans;
+	if (fs->orphans)
+		fs->orphans->orphan_prev = node;
+	fs->orphans = node;
+	pthread_mutex_unlock(&fs->orphan_mu);
+}
+
+void lfs_node_move(struct lfs_fs *fs, struct lfs_node *node,
+		   struct lfs_node *newparent, struct lfs_entry *e)
+{
+	struct lfs_node *oldparent = node->parent;
+
+	pthread_mutex_lock(&oldparent->mu);
+	if (node->entry->node == node)
+		node->entry->node = NULL;
+	pthread_mutex_unlock(&oldparent->mu);
+	if (newparent != oldparent)
+		lfs_node_ref_locked(fs, newparent);
+	pthread_mutex_lock(&newparent->mu);
+	node->parent = newparent;
+	node->entry = e;
+	node->name = e->name;
+	e->node = node;
+	if (node->type == DT_DIR)
+		node->dir_layers = &e->dir_layers;
+	pthread_mutex_unlock(&newparent->mu);
+	if (newparent != oldparent)
+		lfs_node_unref_locked(fs, oldparent, 1);
 }
 
 int lfs_node_index(struct lfs_fs *fs, struct lfs_node *node,

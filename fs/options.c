@@ -212,6 +212,25 @@ static int parse_one(struct lfs_options *o, const char *opt,
 			return fail(err, "option timeout: needs =SECONDS");
 		return parse_timeout(o, value, err);
 	}
+	if (KEY_IS("whiteout")) {
+		if (!value || (strcmp(value, "chardev") != 0 &&
+			       strcmp(value, "oci") != 0 &&
+			       strcmp(value, "auto") != 0))
+			return fail(err, "option whiteout: needs =chardev, =oci "
+				    "or =auto");
+		if (strcmp(value, "auto") == 0) {
+			free(o->whiteout);
+			o->whiteout = NULL;
+			return 0;
+		}
+		return set_string(&o->whiteout, value);
+	}
+	if (KEY_IS("fsync")) {
+		if (!value || (strcmp(value, "0") != 0 && strcmp(value, "1") != 0))
+			return fail(err, "option fsync: needs =0 or =1");
+		o->fsync = value[0] == '1';
+		return 0;
+	}
 	if (KEY_IS("debug")) {
 		o->debug = o->foreground = true;
 		return 0;
@@ -255,7 +274,7 @@ static int check_complete(const struct lfs_options *o, char err[LFS_ERRLEN])
 int lfs_options_parse(int argc, char *const argv[], struct lfs_options *ret,
 		      char err[LFS_ERRLEN])
 {
-	struct lfs_options o = { .timeout = DEFAULT_TIMEOUT };
+	struct lfs_options o = { .timeout = DEFAULT_TIMEOUT, .fsync = true };
 	const char *positional[2];
 	int n_positional = 0;
 	int r = 0;
@@ -312,5 +331,6 @@ void lfs_options_free(struct lfs_options *o)
 	free(o->workdir);
 	free(o->mountpoint);
 	free(o->index_cache);
+	free(o->whiteout);
 	memset(o, 0, sizeof(*o));
 }

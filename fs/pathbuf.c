@@ -12,7 +12,8 @@
 
 int lfs_proc_path(char buf[PATH_MAX], int dir_fd, const char *rel)
 {
-	int n = snprintf(buf, PATH_MAX, "/proc/self/fd/%d/%s", dir_fd, rel);
+	int n = snprintf(buf, PATH_MAX, "/proc/self/fd/%d%s%s", dir_fd,
+			 rel[0] ? "/" : "", rel);
 
 	if (n < 0 || n >= PATH_MAX)
 		return -ENAMETOOLONG;

@@ -14,7 +14,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -122,5 +124,74 @@ int lfs_whiteout_classify(int dir_fd, const struct lfs_dir_marks *marks,
 			c.kind = LFS_ENTRY_WHITEOUT;
 	}
 	*ret = c;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Writing into the upper layer                                        */
+
+static int oci_name(char buf[NAME_MAX + 1], const char *name)
+{
+	int n = snprintf(buf, NAME_MAX + 1, OCI_WHITEOUT_PREFIX "%s", name);
+
+	return n < 0 || n > NAME_MAX ? -ENAMETOOLONG : 0;
+}
+
+int lfs_whiteout_write(const struct lfs_upper *u, int dir_fd,
+		       const char *name)
+{
+	char oci[NAME_MAX + 1];
+	int fd, r;
+
+	if (u->whiteout_chardev)
+		return mknodat(dir_fd, name, S_IFCHR | 0, makedev(0, 0)) < 0
+			       ? -errno : 0;
+	r = oci_name(oci, name);
+	if (r < 0)
+		return r;
+	fd = openat(dir_fd, oci, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW,
+		    0);
+	if (fd < 0)
+		return -errno;
+	close(fd);
+	return 0;
+}
+
+int lfs_whiteout_write_tmp(const struct lfs_upper *u, const char *tmp)
+{
+	if (!u->whiteout_chardev)
+		return -ENOTSUP;
+	return mknodat(u->work_fd, tmp, S_IFCHR | 0, makedev(0, 0)) < 0
+		       ? -errno : 0;
+}
+
+int lfs_whiteout_remove_oci(int dir_fd, const char *name)
+{
+	char oci[NAME_MAX + 1];
+
+	if (oci_name(oci, name) < 0)
+		return 0;    /* such a whiteout cannot exist */
+	if (unlinkat(dir_fd, oci, 0) < 0 && errno != ENOENT)
+		return -errno;
+	return 0;
+}
+
+int lfs_whiteout_mark_opaque(const struct lfs_upper *u, int dir_fd)
+{
+	char path[PATH_MAX];
+	int fd, r;
+
+	if (u->opaque_xattr) {
+		r = lfs_proc_path(path, dir_fd, "");
+		if (r < 0)
+			return r;
+		return lsetxattr(path, u->opaque_xattr, "y", 1, 0) < 0 ? -errno
+									: 0;
+	}
+	fd = openat(dir_fd, OCI_OPAQUE_NAME,
+		    O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+	if (fd < 0)
+		return -errno;
+	close(fd);
 	return 0;
 }

@@ -28,15 +28,24 @@ bool lfs_xattr_is_private(const char *name)
 	return false;
 }
 
+/* The path of node's object for the *xattr(2) calls: taken under the ns
+ * lock, used after it (a rename meanwhile makes the call fail, as a
+ * rename racing a path-based call does anywhere). */
 static int node_proc_path(struct lfs_fs *fs, struct lfs_node *node,
 			  char buf[PATH_MAX])
 {
 	char rel[PATH_MAX];
-	int r = lfs_node_path(node, rel, sizeof(rel));
+	int r;
 
-	if (r < 0)
-		return r;
-	return lfs_proc_path(buf, fs->stack->layers[node->layer].root_fd, rel);
+	lfs_ns_rdlock(fs);
+	if (node->is_orphan)
+		r = node->orphan_fd < 0 ? -ESTALE
+					: lfs_proc_path(buf, node->orphan_fd, "");
+	else if ((r = lfs_node_path(node, rel, sizeof(rel))) == 0)
+		r = lfs_proc_path(buf, fs->stack->layers[node->layer].root_fd,
+				  rel);
+	lfs_ns_unlock(fs);
+	return r;
 }
 
 ssize_t lfs_getxattr(struct lfs_fs *fs, struct lfs_node *node,

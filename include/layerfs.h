@@ -46,6 +46,9 @@ struct lfs_options {
 	char *mountpoint;      /* owned */
 	char *index_cache;     /* owned; index cache dir, "off", or NULL for
 				  the default */
+	char *whiteout;        /* owned; whiteout=chardev|oci, or NULL: the
+				  best the upper allows (probed at mount) */
+	bool fsync;            /* fsync=0 turns off syncing copied-up data */
 	double timeout;        /* kernel cache timeout, seconds */
 	bool foreground;       /* -f */
 	bool debug;            /* -d: libfuse request log, implies -f */
@@ -118,15 +121,29 @@ int lfs_layer_view(const struct lfs_stack *stack, uint32_t layer,
 struct lfs_fs;
 struct lfs_node;
 
+/* How whiteouts are written into the upper layer (read: every format). */
+enum lfs_whiteout_format {
+	LFS_WHITEOUT_AUTO,     /* char device 0/0 if mknod allows it, else OCI */
+	LFS_WHITEOUT_CHARDEV,  /* kernel overlayfs: char device 0/0 */
+	LFS_WHITEOUT_OCI,      /* ".wh.<name>" files */
+};
+
 struct lfs_fs_config {
-	bool read_only;       /* no upper layer: every change is EROFS */
+	bool read_only;       /* no upper layer: every change is EROFS;
+				 otherwise layer 0 is the writable upper */
+	const char *workdir;  /* borrowed; with an upper: its work directory,
+				 on the same filesystem */
+	enum lfs_whiteout_format whiteout;
+	bool no_fsync;        /* do not fsync copied-up data (fsync=0) */
 	unsigned max_data_fds;  /* budget of cached per-node data fds */
 	const char *index_cache_dir;  /* borrowed; NULL: no layer index cache */
 };
 
-/* Takes ownership of stack on success. */
+/* Takes ownership of stack on success.  With an upper layer, prepares the
+ * work directory (emptied: what a crash left there is dropped) and probes
+ * once what the upper's filesystem allows; err names what failed. */
 int lfs_fs_new(struct lfs_fs **ret, struct lfs_stack *stack,
-	       const struct lfs_fs_config *config);
+	       const struct lfs_fs_config *config, char err[LFS_ERRLEN]);
 void lfs_fs_free(struct lfs_fs *fs);
 
 /* Start the background work of a mount: recording, at idle I/O priority,
@@ -170,8 +187,9 @@ int lfs_node_path(const struct lfs_node *node, char *buf, size_t size);
 /* ------------------------------------------------------------------ */
 /* file.c: data and metadata of the providing layer's object           */
 
-/* Open node's object in its layer with open(2) flags; returns an fd
- * (owned by the caller) or -errno.  Write access is -EROFS here. */
+/* Open node's object with open(2) flags; returns an fd (owned by the
+ * caller) or -errno.  Write access or O_TRUNC copies the object up first
+ * (O_TRUNC copies no data); on a read-only mount they are -EROFS. */
 int lfs_open(struct lfs_fs *fs, struct lfs_node *node, int flags);
 /*
  * An fd to read node's data from, for requests that carry no open handle.
@@ -199,6 +217,72 @@ ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
 bool lfs_xattr_is_private(const char *name);
 
 /* ------------------------------------------------------------------ */
+/* dir.c, inode.c: changes, which land in the upper layer               */
+
+/*
+ * Every function here returns -EROFS on a read-only mount.  Objects are
+ * created by the daemon and then given to cred's owner, as the kernel's
+ * overlay does; permission checks are the kernel's (default_permissions).
+ */
+struct lfs_cred {
+	uid_t uid;
+	gid_t gid;
+};
+
+/* Create and open a regular file; returns the open fd (owned by the
+ * caller) with *ret_node (+1 reference) and *ret_st, or -errno.  Without
+ * O_EXCL an existing name is opened as lfs_open would. */
+int lfs_create(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
+	       mode_t mode, int flags, const struct lfs_cred *cred,
+	       struct lfs_node **ret_node, struct stat *ret_st);
+/* mknod (any type but directories), mkdir, symlink: *ret_node +1 ref. */
+int lfs_mknod(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
+	      mode_t mode, dev_t rdev, const struct lfs_cred *cred,
+	      struct lfs_node **ret_node, struct stat *ret_st);
+int lfs_mkdir(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
+	      mode_t mode, const struct lfs_cred *cred,
+	      struct lfs_node **ret_node, struct stat *ret_st);
+int lfs_symlink(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
+		const char *target, const struct lfs_cred *cred,
+		struct lfs_node **ret_node, struct stat *ret_st);
+/* A new name for node (copied up first).  *ret_node is node itself, +1
+ * reference, so that the caller sees one object with two names. */
+int lfs_link(struct lfs_fs *fs, struct lfs_node *node,
+	     struct lfs_node *newparent, const char *newname,
+	     struct lfs_node **ret_node, struct stat *ret_st);
+int lfs_unlink(struct lfs_fs *fs, struct lfs_node *parent, const char *name);
+int lfs_rmdir(struct lfs_fs *fs, struct lfs_node *parent, const char *name);
+/* flags: 0, RENAME_NOREPLACE or RENAME_EXCHANGE. */
+int lfs_rename(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
+	       struct lfs_node *newparent, const char *newname,
+	       unsigned flags);
+
+/* What lfs_setattr changes (several may be set at once). */
+enum {
+	LFS_SET_MODE = 1 << 0,
+	LFS_SET_UID = 1 << 1,
+	LFS_SET_GID = 1 << 2,
+	LFS_SET_SIZE = 1 << 3,
+	LFS_SET_ATIME = 1 << 4,    /* st_atim, or now with ATIME_NOW */
+	LFS_SET_MTIME = 1 << 5,
+	LFS_SET_ATIME_NOW = 1 << 6,
+	LFS_SET_MTIME_NOW = 1 << 7,
+	LFS_SET_CTIME = 1 << 8,    /* ctime alone: touched by any change */
+};
+/* Change node's attributes (copying it up first); fd, if >= 0, is an
+ * open handle of the file for a size change (an unlinked file has no
+ * other).  *ret_st: the attributes after the change. */
+int lfs_setattr(struct lfs_fs *fs, struct lfs_node *node,
+		const struct stat *attr, unsigned to_set, int fd,
+		struct stat *ret_st);
+int lfs_setxattr(struct lfs_fs *fs, struct lfs_node *node, const char *name,
+		 const void *value, size_t size, int flags);
+int lfs_removexattr(struct lfs_fs *fs, struct lfs_node *node,
+		    const char *name);
+/* fsync the upper copy of a directory (nothing to do for a lower one). */
+int lfs_fsyncdir(struct lfs_fs *fs, struct lfs_node *node, bool datasync);
+
+/* ------------------------------------------------------------------ */
 /* readdir.c: merged directory listings                                */
 
 struct lfs_dirent {
@@ -208,7 +292,8 @@ struct lfs_dirent {
 	off_t next_off;       /* offset that resumes after this entry */
 };
 
-struct lfs_dir;   /* an open directory: keeps its listing stable */
+struct lfs_dir;   /* an open directory: keeps its listing stable (on a
+		     writable mount, a snapshot renewed at offset 0) */
 
 int lfs_opendir(struct lfs_fs *fs, struct lfs_node *node,
 		struct lfs_dir **ret);

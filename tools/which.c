@@ -113,7 +113,7 @@ int cmd_which(struct store *s, int argc, char **argv)
 		return fail_verb("which", "PATH names the root, which every layer provides");
 	r = image_layers(s, argv[1], &paths, &diff, &n, err);
 	if (r == 0 && (r = lfs_stack_open(&stack, paths, n, err)) == 0 &&
-	    (r = lfs_fs_new(&fs, stack, &config)) < 0) {
+	    (r = lfs_fs_new(&fs, stack, &config, (char[LFS_ERRLEN]){ 0 })) < 0) {
 		snprintf(err, ERRLEN, "%s", strerror(-r));
 		lfs_stack_free(stack);
 	}

@@ -281,7 +281,7 @@ TEST(concurrent_lookups_listings_and_unrefs)
 		paths[i] = t_layer_path(t, t_tmp(t), i);
 	CHECK_OK(lfs_stack_open(&stack, paths, (size_t)n_layers, err));
 	struct lfs_fs_config config = { .read_only = true, .max_data_fds = 16 };
-	CHECK_OK(lfs_fs_new(&fs, stack, &config));
+	CHECK_OK(lfs_fs_new(&fs, stack, &config, (char[LFS_ERRLEN]){ 0 }));
 
 	struct shared sh = { .fs = fs, .e = e, .n = n };
 	struct worker w[N_THREADS];

@@ -65,7 +65,7 @@ static struct lfs_fs *open_cached(struct t *t, char **paths, int n,
 	};
 
 	CHECK_OK(lfs_stack_open(&stack, paths, (size_t)n, err));
-	CHECK_OK(lfs_fs_new(&fs, stack, &config));
+	CHECK_OK(lfs_fs_new(&fs, stack, &config, (char[LFS_ERRLEN]){ 0 }));
 	return fs;
 }
 
