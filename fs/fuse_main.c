@@ -31,6 +31,8 @@ static void usage(FILE *out)
 		"[,upperdir=U,workdir=W][,timeout=S][,OPTS] MOUNTPOINT\n"
 		"  lowerdir   layers, top-most first; \\: escapes a colon\n"
 		"  upperdir   writable layer (with workdir on the same filesystem)\n"
+		"  whiteout=chardev|oci|auto  how removals are written\n"
+		"  fsync=0    do not sync copied-up data before publishing it\n"
 		"  timeout    seconds the kernel may cache names and attributes\n"
 		"  index_cache=DIR|off  where digest-named layers' directory\n"
 		"             indexes are kept between mounts\n"
