@@ -159,8 +159,14 @@ static int xattr_change(struct lfs_fs *fs, struct lfs_node *node,
 	else if (r == 0)
 		snprintf(path, sizeof(path), "%s", t.path);
 	if (r == 0) {
-		int res = remove ? lremovexattr(path, name)
-				 : lsetxattr(path, name, value, size, flags);
+		/* An orphan's /proc/self/fd link must be followed; a path
+		 * beneath the upper root must not. */
+		bool follow = t.dir_fd == AT_FDCWD;
+		int res = remove ? (follow ? removexattr(path, name)
+					   : lremovexattr(path, name))
+				 : (follow ? setxattr(path, name, value, size, flags)
+					   : lsetxattr(path, name, value, size,
+						       flags));
 		r = res < 0 ? -errno : 0;
 	}
 	lfs_ns_unlock(fs);

@@ -185,8 +185,9 @@ int lfs_whiteout_mark_opaque(const struct lfs_upper *u, int dir_fd)
 		r = lfs_proc_path(path, dir_fd, "");
 		if (r < 0)
 			return r;
-		return lsetxattr(path, u->opaque_xattr, "y", 1, 0) < 0 ? -errno
-									: 0;
+		/* Not lsetxattr: that would act on the /proc link itself. */
+		return setxattr(path, u->opaque_xattr, "y", 1, 0) < 0 ? -errno
+								       : 0;
 	}
 	fd = openat(dir_fd, OCI_OPAQUE_NAME,
 		    O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0);

@@ -32,11 +32,14 @@ bool lfs_xattr_is_private(const char *name)
  * lock, used after it (a rename meanwhile makes the call fail, as a
  * rename racing a path-based call does anywhere). */
 static int node_proc_path(struct lfs_fs *fs, struct lfs_node *node,
-			  char buf[PATH_MAX])
+			  char buf[PATH_MAX], bool *ret_follow)
 {
 	char rel[PATH_MAX];
 	int r;
 
+	/* An orphan's path is its /proc/self/fd link, to be followed (the
+	 * l* calls would act on the link itself). */
+	*ret_follow = node->is_orphan;
 	lfs_ns_rdlock(fs);
 	if (node->is_orphan)
 		r = node->orphan_fd < 0 ? -ESTALE
@@ -52,15 +55,17 @@ ssize_t lfs_getxattr(struct lfs_fs *fs, struct lfs_node *node,
 		     const char *name, void *value, size_t size)
 {
 	char path[PATH_MAX];
+	bool follow;
 	ssize_t len;
 	int r;
 
 	if (lfs_xattr_is_private(name))
 		return -ENODATA;
-	r = node_proc_path(fs, node, path);
+	r = node_proc_path(fs, node, path, &follow);
 	if (r < 0)
 		return r;
-	len = lgetxattr(path, name, value, size);
+	len = follow ? getxattr(path, name, value, size)
+		     : lgetxattr(path, name, value, size);
 	return len < 0 ? -errno : len;
 }
 
@@ -85,15 +90,16 @@ ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
 {
 	char path[PATH_MAX];
 	char *buf = NULL;
+	bool follow;
 	ssize_t len;
-	int r = node_proc_path(fs, node, path);
+	int r = node_proc_path(fs, node, path, &follow);
 
 	if (r < 0)
 		return r;
 	/* The filtered list can be shorter than the real one, so the real
 	 * one is always read in full, even when only the size is asked. */
 	for (;;) {
-		len = llistxattr(path, NULL, 0);
+		len = follow ? listxattr(path, NULL, 0) : llistxattr(path, NULL, 0);
 		if (len <= 0) {
 			r = len < 0 ? -errno : 0;
 			free(buf);
@@ -105,7 +111,8 @@ ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
 			return -ENOMEM;
 		}
 		buf = grown;
-		ssize_t got = llistxattr(path, buf, (size_t)len);
+		ssize_t got = follow ? listxattr(path, buf, (size_t)len)
+				     : llistxattr(path, buf, (size_t)len);
 		if (got >= 0) {
 			len = got;
 			break;

@@ -100,6 +100,10 @@ struct walk {
 	struct archive *a;
 	const char *what;       /* for errors */
 	bool plain;             /* outer archive: fixed owner, mode, mtime */
+	bool upper;             /* a container's upper dir (commit.c): its
+				   whiteouts and opaque marks become OCI
+				   ".wh." entries, overlay xattrs are left
+				   out */
 	struct link_seen *links;
 	size_t n_links, cap_links;
 	char *err;
@@ -152,6 +156,64 @@ nomem:
 	return -ENOMEM;
 }
 
+/* The overlay's own bookkeeping: describes the layer, not the file. */
+static bool is_overlay_xattr(const char *name)
+{
+	return !strncmp(name, "trusted.overlay.", 16) ||
+	       !strncmp(name, "user.overlay.", 13) ||
+	       !strncmp(name, "user.fuseoverlayfs.", 19);
+}
+
+/* An upper directory marked opaque, by xattr or by an OCI marker file. */
+static bool upper_dir_is_opaque(int dirfd, const char *name)
+{
+	static const char *const marks[] = {
+		"trusted.overlay.opaque", "user.overlay.opaque",
+		"user.fuseoverlayfs.opaque",
+	};
+	char proc[PATH_MAX], value[4];
+	int fd = openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW |
+					     O_CLOEXEC);
+	bool opaque = false;
+	struct stat st;
+
+	if (fd < 0)
+		return false;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	for (size_t i = 0; i < 3 && !opaque; i++)
+		opaque = getxattr(proc, marks[i], value, sizeof(value)) == 1 &&
+			 value[0] == 'y';
+	if (!opaque)
+		opaque = fstatat(fd, ".wh..wh..opq", &st, AT_SYMLINK_NOFOLLOW) == 0;
+	close(fd);
+	return opaque;
+}
+
+/* An empty regular entry: an OCI whiteout or opaque marker. */
+static int add_marker(struct walk *w, const char *rel, const struct stat *st)
+{
+	struct archive_entry *e = archive_entry_new();
+	int r = 0;
+
+	if (!e) {
+		snprintf(w->err, ERRLEN, "out of memory");
+		return -ENOMEM;
+	}
+	archive_entry_set_pathname(e, rel);
+	archive_entry_set_mode(e, AE_IFREG | 0644);
+	archive_entry_set_uid(e, 0);
+	archive_entry_set_gid(e, 0);
+	archive_entry_set_mtime(e, st->st_mtime, 0);
+	archive_entry_set_size(e, 0);
+	if (archive_write_header(w->a, e) < ARCHIVE_WARN) {
+		snprintf(w->err, ERRLEN, "%s: %s: %s", w->what, rel,
+			 archive_error_string(w->a));
+		r = -EIO;
+	}
+	archive_entry_free(e);
+	return r;
+}
+
 static int add_xattrs(struct walk *w, int dirfd, const char *name,
 		      const char *rel, struct archive_entry *e)
 {
@@ -161,9 +223,11 @@ static int add_xattrs(struct walk *w, int dirfd, const char *name,
 
 	if (fd < 0)
 		goto fail;
-	/* O_PATH fds take no f*xattr calls: go through /proc. */
+	/* O_PATH fds take no f*xattr calls: go through /proc, following
+	 * the link (the l* calls would read the /proc link itself; the fd,
+	 * opened O_NOFOLLOW, already names a symlink, not its target). */
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-	n = llistxattr(proc, list, sizeof(list));
+	n = listxattr(proc, list, sizeof(list));
 	if (n < 0 && (errno == ENOTSUP || errno == EOPNOTSUPP))
 		n = 0;
 	if (n < 0)
@@ -176,7 +240,9 @@ static int add_xattrs(struct walk *w, int dirfd, const char *name,
 	qsort(names, count, sizeof(*names), cmp_names);
 	for (size_t i = 0; i < count; i++) {
 		char value[1 << 16];
-		ssize_t len = lgetxattr(proc, names[i], value, sizeof(value));
+		if (w->upper && is_overlay_xattr(names[i]))
+			continue;
+		ssize_t len = getxattr(proc, names[i], value, sizeof(value));
 		if (len < 0)
 			goto fail;
 		archive_entry_xattr_add_entry(e, names[i], value, (size_t)len);
@@ -244,6 +310,22 @@ static int walk_one(struct walk *w, int dirfd, const char *name,
 	}
 	if (S_ISSOCK(st.st_mode))
 		return 0;    /* tar has no sockets; import never makes one */
+	if (w->upper && S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) {
+		/* A kernel-style whiteout: the OCI spelling in the tar. */
+		const char *slash = strrchr(rel, '/');
+		char *wh = NULL;
+		if (asprintf(&wh, "%.*s.wh.%s", slash ? (int)(slash - rel + 1) : 0,
+			     rel, name) < 0) {
+			snprintf(w->err, ERRLEN, "out of memory");
+			return -ENOMEM;
+		}
+		r = add_marker(w, wh, &st);
+		free(wh);
+		return r;
+	}
+	/* Written below, after its directory's entry, from the mark. */
+	if (w->upper && !strcmp(name, ".wh..wh..opq"))
+		return 0;
 	if (!(e = archive_entry_new())) {
 		snprintf(w->err, ERRLEN, "out of memory");
 		return -ENOMEM;
@@ -321,6 +403,17 @@ static int walk_one(struct walk *w, int dirfd, const char *name,
 	}
 	if (data && (r = write_data(w, dirfd, name, rel, st.st_size)) < 0)
 		goto out;
+	if (w->upper && S_ISDIR(st.st_mode) && upper_dir_is_opaque(dirfd, name)) {
+		char *opq = NULL;
+		if (asprintf(&opq, "%s/.wh..wh..opq", rel) < 0) {
+			r = -ENOMEM;
+			goto out;
+		}
+		r = add_marker(w, opq, &st);
+		free(opq);
+		if (r < 0)
+			goto out;
+	}
 	if (S_ISDIR(st.st_mode)) {
 		int sub = openat(dirfd, name,
 				 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -373,12 +466,13 @@ static int walk_dir(struct walk *w, int dirfd, const char *prefix)
  * outer archive (owner 0, fixed modes and mtime, no links or xattrs).
  * hex, if given, receives the sha256 of the tar; size its length.
  */
-static int tar_tree(const char *src, const char *dest, const char *what,
-		    bool plain, char hex[HEXLEN + 1], long long *size,
-		    char err[ERRLEN])
+static int tar_any(const char *src, const char *dest, const char *what,
+		   bool plain, bool upper, char hex[HEXLEN + 1], long long *size,
+		   char err[ERRLEN])
 {
 	struct sink k = { .fd = -1 };
-	struct walk w = { .what = what, .plain = plain, .err = err };
+	struct walk w = { .what = what, .plain = plain, .upper = upper,
+			  .err = err };
 	int dirfd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	int r = 0;
 
@@ -436,6 +530,19 @@ out:
 	free(w.links);
 	close(dirfd);
 	return r;
+}
+
+static int tar_tree(const char *src, const char *dest, const char *what,
+		    bool plain, char hex[HEXLEN + 1], long long *size,
+		    char err[ERRLEN])
+{
+	return tar_any(src, dest, what, plain, false, hex, size, err);
+}
+
+int tar_upper_layer(const char *upper, const char *dest, char hex[HEXLEN + 1],
+		    long long *size, char err[ERRLEN])
+{
+	return tar_any(upper, dest, "upper", false, true, hex, size, err);
 }
 
 /* ---- the image's parts ------------------------------------------------ */

@@ -34,6 +34,7 @@ static const struct verb verbs[] = {
 	{ "rm", cmd_rm, false, "rm IMAGE..." },
 	{ "gc", cmd_gc, false, "gc" },
 	{ "verify", cmd_verify, false, "verify IMAGE..." },
+	{ "commit", cmd_commit, false, "commit CONTAINER NAME:TAG [--message TEXT]" },
 };
 
 int fail_verb(const char *verb, const char *msg)

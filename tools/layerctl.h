@@ -101,6 +101,21 @@ int tarsplit_record(const char *blob, const char *dest, char err[ERRLEN]);
 int tarsplit_rebuild(const char *skeleton, const char *layer_dir, int out_fd,
 		     char hex[HEXLEN + 1], long long *ret_size, char err[ERRLEN]);
 
+/* ---- export.c, import.c: pieces commit.c shares ----------------------- */
+
+/* Tar a container's upper directory as an OCI layer (export's canonical
+ * form, whiteouts and opaque marks as ".wh." entries, overlay xattrs left
+ * out) into dest; hex gets its sha256 (the new layer's diff_id). */
+int tar_upper_layer(const char *upper, const char *dest, char hex[HEXLEN + 1],
+		    long long *size, char err[ERRLEN]);
+/* Enter an image into the store: config bytes (its id is their sha256),
+ * whose diff_ids are all in the store but the last, the layer tar
+ * new_layer; tag may be NULL.  All or nothing, under the store lock. */
+int import_image_with_layer(struct store *s, const char *config_bytes,
+			    size_t config_len, const char *new_layer,
+			    const char *tag, char id[HEXLEN + 1],
+			    char err[ERRLEN]);
+
 /* ---- the verbs ----------------------------------------------------------- */
 
 int cmd_import(struct store *s, int argc, char **argv);
@@ -114,6 +129,7 @@ int cmd_export(struct store *s, int argc, char **argv);    /* export.c */
 int cmd_rm(struct store *s, int argc, char **argv);        /* maintain.c */
 int cmd_gc(struct store *s, int argc, char **argv);        /* maintain.c */
 int cmd_verify(struct store *s, int argc, char **argv);    /* maintain.c */
+int cmd_commit(struct store *s, int argc, char **argv);    /* commit.c */
 
 /* Print "layerctl: <verb>: <msg>" to stderr; returns 1 (the exit code). */
 int fail_verb(const char *verb, const char *msg);
