@@ -91,7 +91,10 @@ out:
 	return r;
 }
 
-/* Give work/tmp the attributes st (and the xattrs of src_proc). */
+/* Give work/tmp the attributes st (and the xattrs of src_proc).  Order
+ * matters: chown first (it clears set-id bits and file capabilities),
+ * then the xattrs (security.capability among them), then the mode, then
+ * the times (which every other change touches). */
 static int copy_attrs(struct lfs_upper *u, const char *tmp,
 		      const struct stat *st, const char *src_proc)
 {
@@ -101,19 +104,74 @@ static int copy_attrs(struct lfs_upper *u, const char *tmp,
 
 	if (r < 0)
 		return r;
-	r = lfs_copy_xattrs(src_proc, dst_proc);
-	if (r < 0)
-		return r;
 	if (fchownat(u->work_fd, tmp, st->st_uid, st->st_gid,
 		     AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
-	/* After chown, which clears set-id bits. */
+	r = lfs_copy_xattrs(src_proc, dst_proc);
+	if (r < 0)
+		return r;
 	if (!S_ISLNK(st->st_mode) &&
 	    fchmodat(u->work_fd, tmp, st->st_mode & 07777, 0) < 0)
 		return -errno;
 	if (utimensat(u->work_fd, tmp, times, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Origins: the st_ino a copy keeps across mounts                      */
+
+static void origin_value(char buf[48], const struct stat *st)
+{
+	snprintf(buf, 48, "%llx-%llx", (unsigned long long)st->st_dev,
+		 (unsigned long long)st->st_ino);
+}
+
+/* Record on work/tmp the lower object st it copies. */
+static void set_origin(struct lfs_upper *u, const char *tmp,
+		       const struct stat *st)
+{
+	char path[PATH_MAX], value[48];
+
+	if (!u->origin_xattr || lfs_proc_path(path, u->work_fd, tmp) < 0)
+		return;
+	origin_value(value, st);
+	/* Best effort: without it st_ino changes at the next mount only. */
+	lsetxattr(path, u->origin_xattr, value, strlen(value), 0);
+}
+
+void lfs_read_origins(struct lfs_fs *fs, const char *relpath,
+		      struct lfs_dirindex *index)
+{
+	struct lfs_upper *u = &fs->upper;
+	struct lfs_entry *e, *tmp;
+	char path[PATH_MAX], value[48];
+	int dir_fd;
+
+	if (!u->origin_xattr)
+		return;
+	dir_fd = lfs_upper_open_dir(u, relpath);
+	if (dir_fd < 0)
+		return;
+	HASH_ITER(hh, index->by_name, e, tmp) {
+		unsigned long long dev, ino;
+		ssize_t len;
+		if (e->is_whiteout || e->layer != 0 || e->ino_override ||
+		    e->type == DT_LNK || lfs_proc_path(path, dir_fd, e->name) < 0)
+			continue;
+		len = lgetxattr(path, u->origin_xattr, value, sizeof(value) - 1);
+		if (len <= 0)
+			continue;
+		value[len] = '\0';
+		if (sscanf(value, "%llx-%llx", &dev, &ino) != 2)
+			continue;
+		for (uint32_t i = 1; i < fs->stack->n_layers; i++)
+			if (fs->stack->layers[i].dev == (dev_t)dev) {
+				e->ino_override = lfs_fs_ino(fs, i, ino);
+				break;
+			}
+	}
+	close(dir_fd);
 }
 
 /* ------------------------------------------------------------------ */
@@ -293,6 +351,8 @@ int lfs_copy_up_dir_locked(struct lfs_fs *fs, struct lfs_node *dir)
 	if (mkdirat(u->work_fd, tmp, 0700) < 0)
 		return -errno;
 	r = copy_attrs(u, tmp, &st, src_proc);
+	if (r == 0)
+		set_origin(u, tmp, &st);
 	if (r == 0)
 		r = publish(fs, tmp, path, &upper_st);
 	if (r < 0) {
@@ -511,6 +571,8 @@ static int build_copy(struct lfs_fs *fs, uint32_t src_layer, const char *path,
 	}
 	if (r == 0)
 		r = copy_attrs(u, tmp, &st, src_proc);
+	if (r == 0 && !S_ISLNK(st.st_mode))
+		set_origin(u, tmp, &st);
 out:
 	if (src >= 0)
 		close(src);

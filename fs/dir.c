@@ -32,26 +32,38 @@ struct dir_op {
 	int upper_fd;             /* O_PATH on the upper copy of dir */
 };
 
-static int dir_op_begin(struct lfs_fs *fs, struct lfs_node *dir,
-			struct dir_op *op)
+/* The directory's index: enough to check a change before making it. */
+static int dir_op_look(struct lfs_fs *fs, struct lfs_node *dir,
+		       struct dir_op *op)
 {
-	char path[PATH_MAX];
-	int r;
-
 	op->upper_fd = -1;
 	op->dir = dir;
 	if (dir->type != DT_DIR)
 		return -ENOTDIR;
 	if (dir->is_orphan)
 		return -ENOENT;
-	r = lfs_node_index(fs, dir, &op->index);
+	return lfs_node_index(fs, dir, &op->index);
+}
+
+/* ... and its upper copy, made now, to change it. */
+static int dir_op_upper(struct lfs_fs *fs, struct dir_op *op)
+{
+	char path[PATH_MAX];
+	int r = lfs_copy_up_dir_locked(fs, op->dir);
+
 	if (r == 0)
-		r = lfs_copy_up_dir_locked(fs, dir);
-	if (r == 0)
-		r = lfs_node_path(dir, path, sizeof(path));
+		r = lfs_node_path(op->dir, path, sizeof(path));
 	if (r == 0)
 		r = op->upper_fd = lfs_upper_open_dir(&fs->upper, path);
 	return r < 0 ? r : 0;
+}
+
+static int dir_op_begin(struct lfs_fs *fs, struct lfs_node *dir,
+			struct dir_op *op)
+{
+	int r = dir_op_look(fs, dir, op);
+
+	return r < 0 ? r : dir_op_upper(fs, op);
 }
 
 static void dir_op_end(struct dir_op *op)
@@ -251,7 +263,7 @@ static int create_common(struct lfs_fs *fs, struct lfs_node *parent,
 	if (r < 0)
 		return r;
 	lfs_ns_wrlock(fs);
-	r = dir_op_begin(fs, parent, &op);
+	r = dir_op_look(fs, parent, &op);
 	if (r < 0)
 		goto out;
 	e = lfs_dirindex_find(op.index, name);
@@ -259,6 +271,9 @@ static int create_common(struct lfs_fs *fs, struct lfs_node *parent,
 		r = -EEXIST;
 		goto out;
 	}
+	r = dir_op_upper(fs, &op);
+	if (r < 0)
+		goto out;
 	fd = r = place_object(fs, &op, name, e, a);
 	if (r < 0)
 		goto out;
@@ -317,6 +332,10 @@ int lfs_mknod(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
 
 	if (S_ISDIR(mode))
 		return -EINVAL;
+	/* A char device 0/0 is a whiteout on disk: it could never be seen
+	 * again (kernel overlayfs refuses it too). */
+	if (S_ISCHR(mode) && rdev == 0)
+		return -EPERM;
 	if (S_ISREG(mode) || (mode & S_IFMT) == 0)
 		a.mode = (mode & 07777) | S_IFREG;
 	return create_common(fs, parent, name, &a, 0, ret_node, ret_st);
@@ -476,7 +495,7 @@ static int remove_name(struct lfs_fs *fs, struct lfs_node *parent,
 	if (lfs_whiteout_is_reserved_name(name))
 		return -ENOENT;
 	lfs_ns_wrlock(fs);
-	r = dir_op_begin(fs, parent, &op);
+	r = dir_op_look(fs, parent, &op);
 	if (r < 0)
 		goto out;
 	e = lfs_dirindex_find(op.index, name);
@@ -499,6 +518,10 @@ static int remove_name(struct lfs_fs *fs, struct lfs_node *parent,
 		if (r < 0)
 			goto out;
 	}
+	/* Checked: now the parent needs its upper copy. */
+	r = dir_op_upper(fs, &op);
+	if (r < 0)
+		goto out;
 	bool needs_whiteout = e->layer > 0 || e->lower_visible;
 	if (e->node)
 		lfs_node_orphan(fs, e->node);

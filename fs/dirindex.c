@@ -273,6 +273,9 @@ int lfs_dirindex_build(struct lfs_fs *fs, const char *relpath,
 		if (opaque)
 			break;
 	}
+	/* Upper copies report their lower origin's st_ino (copyup.c). */
+	if (fs->writable && candidates->n > 0 && candidates->layers[0] == 0)
+		lfs_read_origins(fs, relpath, index);
 	r = index_make_visible_list(index);
 	if (r < 0)
 		goto fail;

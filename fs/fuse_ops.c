@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -296,9 +297,81 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_err(req, 0);
 }
 
+/*
+ * Open file handles.  On a read-only mount the handle is the fd.  On a
+ * writable one it is a struct open_file: a file opened for reading in a
+ * lower layer and copied up since (written through another open) is read
+ * from its upper copy from then on, as kernel overlayfs does, so a reader
+ * tailing a file sees what is appended to it.
+ */
+struct open_file {
+	_Atomic int fd;
+	_Atomic int old_fd;    /* the lower fd it replaced, closed at release */
+	bool lower;            /* opened in a lower layer */
+};
+
+/* Make the handle for fd (owned by the handle from now on). */
+static int handle_new(fuse_req_t req, struct lfs_node *node, int fd,
+		      uint64_t *ret_fh)
+{
+	struct open_file *h;
+
+	if (ctx(req)->read_only) {
+		*ret_fh = (uint64_t)fd;
+		return 0;
+	}
+	h = malloc(sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	atomic_init(&h->fd, fd);
+	atomic_init(&h->old_fd, -1);
+	h->lower = lfs_node_layer(node) != 0;
+	*ret_fh = (uint64_t)(uintptr_t)h;
+	return 0;
+}
+
+static void handle_close(fuse_req_t req, uint64_t fh)
+{
+	struct open_file *h = (struct open_file *)(uintptr_t)fh;
+
+	if (ctx(req)->read_only) {
+		close((int)fh);
+		return;
+	}
+	close(atomic_load(&h->fd));
+	if (atomic_load(&h->old_fd) >= 0)
+		close(atomic_load(&h->old_fd));
+	free(h);
+}
+
+/* The fd of an open handle (borrowed), following a copy-up. */
+static int handle_fd(fuse_req_t req, fuse_ino_t ino, uint64_t fh)
+{
+	struct open_file *h = (struct open_file *)(uintptr_t)fh;
+	int fd, expected;
+
+	if (ctx(req)->read_only)
+		return (int)fh;
+	fd = atomic_load(&h->fd);
+	if (!h->lower || atomic_load(&h->old_fd) >= 0 ||
+	    lfs_node_layer(node_of(req, ino)) != 0)
+		return fd;
+	/* Copied up since this open: reopen the upper copy, once. */
+	int upper = lfs_open(ctx(req)->fs, node_of(req, ino), O_RDONLY);
+	if (upper < 0)
+		return fd;    /* keep reading the lower copy */
+	expected = fd;
+	if (!atomic_compare_exchange_strong(&h->fd, &expected, upper)) {
+		close(upper);
+		return expected;
+	}
+	atomic_store(&h->old_fd, fd);    /* in use by concurrent reads */
+	return upper;
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	int fd;
+	int fd, r;
 
 	if (ctx(req)->zero_message_open && (fi->flags & O_ACCMODE) == O_RDONLY) {
 		fuse_reply_err(req, ENOSYS);
@@ -309,13 +382,18 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		reply_err(req, fd);
 		return;
 	}
-	fi->fh = (uint64_t)fd;
+	r = handle_new(req, node_of(req, ino), fd, &fi->fh);
+	if (r < 0) {
+		close(fd);
+		reply_err(req, r);
+		return;
+	}
 	/* Lower layers are immutable and the upper changes only through
 	 * this mount, whose writes keep the kernel's pages current. */
 	fi->keep_cache = 1;
 	fi->noflush = 1;
 	if (fuse_reply_open(req, fi) != 0)
-		close(fd);
+		handle_close(req, fi->fh);
 }
 
 /* The fd behind a request: its open handle, or (zero_message_open) the
@@ -324,7 +402,7 @@ static int file_fd(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 		   int *ret_fd, bool *ret_owned)
 {
 	if (!ctx(req)->zero_message_open) {
-		*ret_fd = (int)fi->fh;
+		*ret_fd = handle_fd(req, ino, fi->fh);
 		*ret_owned = false;
 		return 0;
 	}
@@ -355,7 +433,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	(void)ino;
-	close((int)fi->fh);
+	handle_close(req, fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -371,15 +449,15 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		     struct fuse_file_info *fi)
 {
-	int fd = (int)fi->fh;
+	int fd;
 
-	(void)ino;
 	/* Lower layers are never written: only an upper file has anything
 	 * to sync, and a read-only mount has no handles. */
 	if (ctx(req)->read_only || ctx(req)->zero_message_open) {
 		fuse_reply_err(req, 0);
 		return;
 	}
+	fd = handle_fd(req, ino, fi->fh);
 	fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? errno
 								       : 0);
 }
@@ -513,7 +591,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 {
 	struct stat st;
 	int r = lfs_setattr(ctx(req)->fs, node_of(req, ino), attr,
-			    setattr_mask(to_set), fi ? (int)fi->fh : -1, &st);
+			    setattr_mask(to_set),
+			    fi ? handle_fd(req, ino, fi->fh) : -1, &st);
 
 	if (r < 0)
 		reply_err(req, r);
@@ -602,11 +681,17 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		return;
 	}
 	fill_entry(f, &e, node, &st);
-	fi->fh = (uint64_t)fd;
+	int r = handle_new(req, node, fd, &fi->fh);
+	if (r < 0) {
+		close(fd);
+		lfs_node_unref(f->fs, node, 1);
+		reply_err(req, r);
+		return;
+	}
 	fi->keep_cache = 1;
 	fi->noflush = 1;
 	if (fuse_reply_create(req, &e, fi) != 0) {
-		close(fd);
+		handle_close(req, fi->fh);
 		lfs_node_unref(f->fs, node, 1);
 	}
 }
@@ -632,9 +717,8 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
 	ssize_t n;
 
-	(void)ino;
 	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	out.buf[0].fd = (int)fi->fh;
+	out.buf[0].fd = handle_fd(req, ino, fi->fh);
 	out.buf[0].pos = off;
 	n = fuse_buf_copy(&out, in, 0);
 	if (n < 0)
@@ -646,8 +730,7 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
 			 off_t offset, off_t length, struct fuse_file_info *fi)
 {
-	(void)ino;
-	if (fallocate((int)fi->fh, mode, offset, length) < 0)
+	if (fallocate(handle_fd(req, ino, fi->fh), mode, offset, length) < 0)
 		fuse_reply_err(req, errno);
 	else
 		fuse_reply_err(req, 0);
@@ -662,8 +745,8 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in,
 	loff_t in = off_in, out = off_out;
 	ssize_t n;
 
-	(void)ino_in, (void)ino_out;
-	n = copy_file_range((int)fi_in->fh, &in, (int)fi_out->fh, &out, len,
+	n = copy_file_range(handle_fd(req, ino_in, fi_in->fh), &in,
+			    handle_fd(req, ino_out, fi_out->fh), &out, len,
 			    (unsigned)flags);
 	if (n < 0)
 		fuse_reply_err(req, errno);

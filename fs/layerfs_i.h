@@ -272,6 +272,8 @@ struct lfs_upper {
 	atomic_bool has_index;     /* the index holds an entry */
 	const char *links_xattr;   /* static: where an indexed copy records
 				      its lower names not yet copied up */
+	const char *origin_xattr;  /* static: where a copy records the lower
+				      object it came from, or NULL */
 };
 
 int lfs_upper_open(struct lfs_upper *u, const struct lfs_layer *upper,
@@ -311,6 +313,11 @@ void lfs_fix_indexed_nlink(struct lfs_fs *fs, struct lfs_node *node,
  * writing): one lower name less is pending. */
 void lfs_index_forget_lower_name(struct lfs_fs *fs, uint32_t layer,
 				 uint64_t real_ino);
+/* Upper objects that are copies keep the st_ino of their lower origin
+ * across mounts: set e->ino_override of each upper entry of the index of
+ * the directory relpath from the origin its copy-up recorded. */
+void lfs_read_origins(struct lfs_fs *fs, const char *relpath,
+		      struct lfs_dirindex *index);
 /* Copy the xattrs of src_path to dst_path (both /proc paths), but the
  * private ones. */
 int lfs_copy_xattrs(const char *src_path, const char *dst_path);

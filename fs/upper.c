@@ -254,10 +254,14 @@ int lfs_upper_open(struct lfs_upper *u, const struct lfs_layer *upper,
 	}
 	u->whiteout_chardev = format == LFS_WHITEOUT_OCI ? false : chardev_ok;
 	u->opaque_xattr = probe_opaque_xattr(u);
+	bool trusted = u->opaque_xattr &&
+		       strncmp(u->opaque_xattr, "trusted.", 8) == 0;
 	u->links_xattr = !u->opaque_xattr ? NULL
-			 : strncmp(u->opaque_xattr, "trusted.", 8) == 0
-				 ? "trusted.overlay.layerfs.lower_links"
-				 : "user.overlay.layerfs.lower_links";
+			 : trusted ? "trusted.overlay.layerfs.lower_links"
+				   : "user.overlay.layerfs.lower_links";
+	u->origin_xattr = !u->opaque_xattr ? NULL
+			  : trusted ? "trusted.overlay.layerfs.origin"
+				    : "user.overlay.layerfs.origin";
 	open_index(u, workdir);
 	probe_copy(u, lower);
 	u->fsync = true;

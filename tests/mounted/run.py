@@ -39,7 +39,9 @@ import test_layerctl_which          # noqa: E402,F401
 import test_layerctl_ps             # noqa: E402,F401
 import test_layerctl_input          # noqa: E402,F401
 import test_layerctl_umoci          # noqa: E402,F401
+import test_layerctl_commit      # noqa: E402,F401
 import test_kernel                  # noqa: E402,F401
+import test_write  # noqa: E402,F401
 
 
 def kernel_overlay_works(base):
