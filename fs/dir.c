@@ -58,13 +58,6 @@ static int dir_op_upper(struct lfs_fs *fs, struct dir_op *op)
 	return r < 0 ? r : 0;
 }
 
-static int dir_op_begin(struct lfs_fs *fs, struct lfs_node *dir,
-			struct dir_op *op)
-{
-	int r = dir_op_look(fs, dir, op);
-
-	return r < 0 ? r : dir_op_upper(fs, op);
-}
 
 static void dir_op_end(struct dir_op *op)
 {
@@ -543,6 +536,21 @@ out:
 
 int lfs_unlink(struct lfs_fs *fs, struct lfs_node *parent, const char *name)
 {
+	struct lfs_node *node;
+	struct stat st;
+
+	/* A lower file with other names: copy it up (into the index) first,
+	 * so that the index counts the names left, as kernel overlayfs
+	 * does with index=on. */
+	if (fs->writable && fs->upper.index_fd >= 0 &&
+	    lfs_lookup(fs, parent, name, &node, &st) == 0) {
+		int r = 0;
+		if (node->layer > 0 && node->type == DT_REG && st.st_nlink > 1)
+			r = lfs_copy_up(fs, node, true);
+		lfs_node_unref(fs, node, 1);
+		if (r < 0)
+			return r;
+	}
 	return remove_name(fs, parent, name, false);
 }
 
@@ -718,50 +726,74 @@ static int do_exchange(struct lfs_fs *fs, struct rename_op *o)
 	return 0;
 }
 
-/* With the ns lock held for writing: check and carry out the rename. */
-static int rename_locked(struct lfs_fs *fs, struct rename_op *o,
-			 unsigned flags)
+/* The checks of a rename, changing nothing (ns lock held either way):
+ * 1 when there is nothing to do, 0 to go on, or -errno.  Run before the
+ * copy-ups, so that a refused rename copies nothing, and again after. */
+static int rename_check(struct lfs_fs *fs, struct rename_op *o,
+			unsigned flags)
 {
 	int r;
 
 	if (o->src->is_orphan || (o->dst && o->dst->is_orphan))
 		return -ENOENT;
-	r = dir_op_begin(fs, o->from.dir, &o->from);
+	r = dir_op_look(fs, o->from.dir, &o->from);
 	if (r == 0)
-		r = dir_op_begin(fs, o->to.dir, &o->to);
+		r = dir_op_look(fs, o->to.dir, &o->to);
 	if (r < 0)
 		return r;
 	o->ea = o->src->entry;
 	o->eb = lfs_dirindex_find(o->to.index, o->newname);
 	if (o->ea == o->eb)
-		return 0;
+		return 1;
 	bool target_visible = o->eb && !o->eb->is_whiteout;
 	if ((flags & RENAME_NOREPLACE) && target_visible)
 		return -EEXIST;
 	if (flags & RENAME_EXCHANGE) {
 		if (!target_visible || !o->dst || o->eb->node != o->dst)
 			return -ENOENT;
-		return do_exchange(fs, o);
+		return 0;
 	}
-	if (target_visible) {
-		bool src_dir = o->src->type == DT_DIR;
-		bool dst_dir = o->eb->type == DT_DIR;
-		if (src_dir && !dst_dir)
-			return -ENOTDIR;
-		if (!src_dir && dst_dir)
-			return -EISDIR;
-		if (dst_dir) {
-			r = merged_dir_is_empty(fs, o->to.dir, o->eb);
-			if (r < 0)
-				return r;
-			if (!r)
-				return -ENOTEMPTY;
-		}
-		/* The node the kernel knows for the target, if any. */
-		if (!o->dst && o->eb->node) {
-			o->dst = o->eb->node;
-			lfs_node_ref_locked(fs, o->dst);
-		}
+	if (!target_visible)
+		return 0;
+	bool src_dir = o->src->type == DT_DIR;
+	bool dst_dir = o->eb->type == DT_DIR;
+	if (src_dir && !dst_dir)
+		return -ENOTDIR;
+	if (!src_dir && dst_dir)
+		return -EISDIR;
+	/* Two names of one upper file: POSIX says there is nothing to do. */
+	if (!src_dir && o->ea->layer == 0 && o->eb->layer == 0 &&
+	    o->ea->real_ino == o->eb->real_ino)
+		return 1;
+	if (dst_dir) {
+		r = merged_dir_is_empty(fs, o->to.dir, o->eb);
+		if (r < 0)
+			return r;
+		if (!r)
+			return -ENOTEMPTY;
+	}
+	return 0;
+}
+
+/* With the ns lock held for writing: check and carry out the rename. */
+static int rename_locked(struct lfs_fs *fs, struct rename_op *o,
+			 unsigned flags)
+{
+	int r = rename_check(fs, o, flags);
+
+	if (r != 0)
+		return r < 0 ? r : 0;
+	r = dir_op_upper(fs, &o->from);
+	if (r == 0)
+		r = dir_op_upper(fs, &o->to);
+	if (r < 0)
+		return r;
+	if (flags & RENAME_EXCHANGE)
+		return do_exchange(fs, o);
+	/* The node the kernel knows for the target, if any. */
+	if (!o->dst && o->eb && !o->eb->is_whiteout && o->eb->node) {
+		o->dst = o->eb->node;
+		lfs_node_ref_locked(fs, o->dst);
 	}
 	return do_move(fs, o);
 }
@@ -792,6 +824,15 @@ int lfs_rename(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
 		if (r < 0)
 			goto out;
 	}
+	o.from.dir = parent;
+	o.to.dir = newparent;
+	lfs_ns_rdlock(fs);
+	r = rename_check(fs, &o, flags);
+	lfs_ns_unlock(fs);
+	if (r != 0) {
+		r = r < 0 ? r : 0;
+		goto out;
+	}
 	r = copy_up_moved(fs, o.src);
 	if (r == 0 && o.dst)
 		r = copy_up_moved(fs, o.dst);
@@ -799,8 +840,6 @@ int lfs_rename(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
 		goto out;
 
 	lfs_ns_wrlock(fs);
-	o.from.dir = parent;
-	o.to.dir = newparent;
 	r = rename_locked(fs, &o, flags);
 	dir_op_end(&o.from);
 	dir_op_end(&o.to);

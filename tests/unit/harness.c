@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <ftw.h>
 #include <setjmp.h>
 #include <stdio.h>
@@ -72,6 +73,9 @@ struct t {
 	char msg[1024];
 	struct t_deferred *defers;
 	size_t n_defers, cap_defers;
+	/* the last t_fs_rw*: for t_reopen_* */
+	int rw_layers;
+	enum lfs_whiteout_format rw_format;
 };
 
 const char *t_errname(int err)
@@ -615,7 +619,7 @@ struct lfs_fs *t_open_paths(struct t *t, char *const *paths, size_t n)
 
 	if (r < 0)
 		FAIL("lfs_stack_open: %s (%s)", t_errname(-r), err);
-	r = lfs_fs_new(&fs, stack, &config);
+	r = lfs_fs_new(&fs, stack, &config, (char[LFS_ERRLEN]){ 0 });
 	if (r < 0) {
 		lfs_stack_free(stack);
 		FAIL("lfs_fs_new: %s", t_errname(-r));
@@ -857,4 +861,438 @@ char *t_ls(struct t *t, struct lfs_fs *fs, const char *path)
 		strcat(out, names[i]);
 	}
 	return out;
+}
+
+/* ---- writable stacks ------------------------------------------------------ */
+
+struct lfs_fs *t_open_rw(struct t *t, const char *base, int n_layers,
+			 const char *workdir, enum lfs_whiteout_format format)
+{
+	struct lfs_fs_config config = { .read_only = false,
+					.workdir = workdir,
+					.whiteout = format,
+					.no_fsync = true,
+					.max_data_fds = 64 };
+	char **paths = t_own(t, calloc((size_t)n_layers, sizeof(*paths)));
+	char err[LFS_ERRLEN] = "";
+	struct lfs_stack *stack;
+	struct lfs_fs *fs;
+	struct stat st;
+	int r;
+
+	for (int i = 0; i < n_layers; i++) {
+		paths[i] = t_layer_path(t, base, i);
+		if (stat(paths[i], &st) < 0 && mkdir(paths[i], 0755) < 0)
+			FAIL("mkdir %s: %s", paths[i], strerror(errno));
+	}
+	if (stat(workdir, &st) < 0 && mkdir(workdir, 0755) < 0)
+		FAIL("mkdir %s: %s", workdir, strerror(errno));
+	r = lfs_stack_open(&stack, paths, (size_t)n_layers, err);
+	if (r < 0)
+		FAIL("lfs_stack_open: %s (%s)", t_errname(-r), err);
+	r = lfs_fs_new(&fs, stack, &config, err);
+	if (r < 0) {
+		lfs_stack_free(stack);
+		if (r == -EPERM && format == LFS_WHITEOUT_CHARDEV)
+			t_skip(t, "lfs_fs_new: %s (char device whiteouts need "
+				  "mknod)", err);
+		FAIL("lfs_fs_new (writable): %s (%s)", t_errname(-r), err);
+	}
+	t_defer(t, fs_free_deferred, fs, NULL);
+	return fs;
+}
+
+struct lfs_fs *t_fs_rw_fmt(struct t *t, enum lfs_whiteout_format format,
+			   const char *spec)
+{
+	int n = t_build(t, t_tmp(t), spec);
+	struct stat st;
+
+	/* Layers the test built before count too. */
+	while (stat(t_layer_path(t, t_tmp(t), n), &st) == 0)
+		n++;
+	if (n == 0)
+		FAIL("empty layer spec");
+	t->rw_layers = n;
+	t->rw_format = format;
+	return t_open_rw(t, t_tmp(t), n, t_workdir(t), format);
+}
+
+struct lfs_fs *t_fs_rw(struct t *t, const char *spec)
+{
+	return t_fs_rw_fmt(t, LFS_WHITEOUT_CHARDEV, spec);
+}
+
+struct lfs_fs *t_fs_rw_n(struct t *t, int n_layers, const char *spec)
+{
+	int n = t_build(t, t_tmp(t), spec);
+
+	if (n > n_layers)
+		FAIL("spec names %d layers, more than %d", n, n_layers);
+	t->rw_layers = n_layers;
+	t->rw_format = LFS_WHITEOUT_CHARDEV;
+	return t_open_rw(t, t_tmp(t), n_layers, t_workdir(t),
+			 LFS_WHITEOUT_CHARDEV);
+}
+
+struct lfs_fs *t_reopen_ro(struct t *t)
+{
+	if (t->rw_layers == 0)
+		FAIL("t_reopen_ro: no t_fs_rw before");
+	return t_open(t, t_tmp(t), t->rw_layers);
+}
+
+struct lfs_fs *t_reopen_rw(struct t *t)
+{
+	if (t->rw_layers == 0)
+		FAIL("t_reopen_rw: no t_fs_rw before");
+	return t_open_rw(t, t_tmp(t), t->rw_layers, t_workdir(t),
+			 t->rw_format);
+}
+
+char *t_lower(struct t *t, int layer, const char *rel)
+{
+	if (!rel || rel[0] == '\0' || strcmp(rel, ".") == 0)
+		return t_printf(t, "%s/L%d", t_tmp(t), layer);
+	return t_printf(t, "%s/L%d/%s", t_tmp(t), layer, rel);
+}
+
+char *t_upper(struct t *t, const char *rel)
+{
+	return t_lower(t, 0, rel);
+}
+
+const char *t_workdir(struct t *t)
+{
+	return t_printf(t, "%s/W", t_tmp(t));
+}
+
+char *t_work_subdir(struct t *t)
+{
+	return t_printf(t, "%s/W/work", t_tmp(t));
+}
+
+/* ---- the layers on disk ------------------------------------------------ */
+
+struct stat t_lstat(struct t *t, const char *path)
+{
+	struct stat st;
+
+	if (lstat(path, &st) < 0)
+		FAIL("lstat %s: %s", path, strerror(errno));
+	return st;
+}
+
+bool t_exists(const char *path)
+{
+	struct stat st;
+
+	return lstat(path, &st) == 0;
+}
+
+bool t_is_chardev_whiteout(const char *path)
+{
+	struct stat st;
+
+	return lstat(path, &st) == 0 && S_ISCHR(st.st_mode) &&
+	       st.st_rdev == makedev(0, 0);
+}
+
+static int str_cmp(const void *a, const void *b);
+
+/* Join n strings with sep (owned by the test). */
+static char *join(struct t *t, char **v, size_t n, const char *sep)
+{
+	size_t len = 1;
+
+	for (size_t i = 0; i < n; i++)
+		len += strlen(v[i]) + strlen(sep);
+	char *out = t_own(t, malloc(len));
+	out[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0)
+			strcat(out, sep);
+		strcat(out, v[i]);
+	}
+	return out;
+}
+
+/* A growing array of strings owned by the test. */
+struct strv {
+	char **v;
+	size_t n, cap;
+};
+
+static void strv_add(struct t *t, struct strv *sv, char *s)
+{
+	if (sv->n == sv->cap) {
+		size_t cap = sv->cap ? 2 * sv->cap : 32;
+		char **grown = t_own(t, malloc(cap * sizeof(*grown)));
+		if (sv->n)
+			memcpy(grown, sv->v, sv->n * sizeof(*grown));
+		sv->v = grown;
+		sv->cap = cap;
+	}
+	sv->v[sv->n++] = s;
+}
+
+static void strv_names(struct t *t, const char *dir, struct strv *sv)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+
+	if (!d)
+		FAIL("opendir %s: %s", dir, strerror(errno));
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		strv_add(t, sv, t_printf(t, "%s", de->d_name));
+	}
+	closedir(d);
+	if (sv->n > 1)
+		qsort(sv->v, sv->n, sizeof(*sv->v), str_cmp);
+}
+
+char *t_disk_ls(struct t *t, const char *dir)
+{
+	struct strv sv = { 0 };
+
+	strv_names(t, dir, &sv);
+	return join(t, sv.v, sv.n, " ");
+}
+
+char *t_disk_cat(struct t *t, const char *path)
+{
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0)
+		FAIL("open %s: %s", path, strerror(errno));
+	t_defer(t, close_deferred, (void *)(intptr_t)fd, NULL);
+	return t_pread_all(t, fd);
+}
+
+char *t_disk_xattr(struct t *t, const char *path, const char *name)
+{
+	ssize_t len = lgetxattr(path, name, NULL, 0);
+
+	if (len < 0) {
+		if (errno == ENODATA)
+			return NULL;
+		FAIL("lgetxattr %s %s: %s", path, name, strerror(errno));
+	}
+	char *v = t_own(t, calloc(1, (size_t)len + 1));
+	len = lgetxattr(path, name, v, (size_t)len);
+	if (len < 0)
+		FAIL("lgetxattr %s %s: %s", path, name, strerror(errno));
+	v[len] = '\0';
+	return v;
+}
+
+/* Printable form of bytes: \xNN for what is not. */
+static char *escaped(struct t *t, const char *s, size_t len)
+{
+	char *out = t_own(t, malloc(4 * len + 1));
+	size_t o = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x20 && c < 0x7f && c != '\\')
+			out[o++] = (char)c;
+		else
+			o += (size_t)sprintf(out + o, "\\x%02x", c);
+	}
+	out[o] = '\0';
+	return out;
+}
+
+static char *disk_xattrs(struct t *t, const char *path)
+{
+	ssize_t len = llistxattr(path, NULL, 0);
+	struct strv sv = { 0 };
+
+	if (len <= 0)
+		return "";
+	char *names = t_own(t, malloc((size_t)len));
+	len = llistxattr(path, names, (size_t)len);
+	if (len < 0)
+		FAIL("llistxattr %s: %s", path, strerror(errno));
+	for (char *n = names; n < names + len; n += strlen(n) + 1) {
+		ssize_t vlen = lgetxattr(path, n, NULL, 0);
+		if (vlen < 0)
+			FAIL("lgetxattr %s %s: %s", path, n, strerror(errno));
+		char *v = t_own(t, malloc((size_t)vlen + 1));
+		vlen = lgetxattr(path, n, v, (size_t)vlen);
+		if (vlen < 0)
+			FAIL("lgetxattr %s %s: %s", path, n, strerror(errno));
+		strv_add(t, &sv, t_printf(t, "%s=%s", n,
+					  escaped(t, v, (size_t)vlen)));
+	}
+	if (sv.n > 1)
+		qsort(sv.v, sv.n, sizeof(*sv.v), str_cmp);
+	return join(t, sv.v, sv.n, ",");
+}
+
+static void disk_tree_add(struct t *t, const char *root, const char *rel,
+			  struct strv *out)
+{
+	char *path = rel[0] ? t_printf(t, "%s/%s", root, rel)
+			    : t_printf(t, "%s", root);
+	struct stat st = t_lstat(t, path);
+	char *what = "";
+
+	if (S_ISREG(st.st_mode)) {
+		char *data = t_disk_cat(t, path);
+		what = t_printf(t, "data=%s", escaped(t, data, strlen(data)));
+	} else if (S_ISLNK(st.st_mode)) {
+		char buf[PATH_MAX + 1];
+		ssize_t n = readlink(path, buf, PATH_MAX);
+		if (n < 0)
+			FAIL("readlink %s: %s", path, strerror(errno));
+		what = t_printf(t, "target=%s", escaped(t, buf, (size_t)n));
+	}
+	strv_add(t, out, t_printf(t,
+		"%s mode=%o uid=%u gid=%u size=%lld nlink=%lu rdev=%u:%u "
+		"mtime=%lld.%09ld ctime=%lld.%09ld ino=%llu xattrs={%s} %s",
+		rel[0] ? rel : ".", (unsigned)st.st_mode, (unsigned)st.st_uid,
+		(unsigned)st.st_gid, (long long)st.st_size,
+		(unsigned long)st.st_nlink, major(st.st_rdev),
+		minor(st.st_rdev), (long long)st.st_mtim.tv_sec,
+		st.st_mtim.tv_nsec, (long long)st.st_ctim.tv_sec,
+		st.st_ctim.tv_nsec, (unsigned long long)st.st_ino,
+		disk_xattrs(t, path), what));
+	if (S_ISDIR(st.st_mode)) {
+		struct strv names = { 0 };
+		strv_names(t, path, &names);
+		for (size_t i = 0; i < names.n; i++)
+			disk_tree_add(t, root,
+				      rel[0] ? t_printf(t, "%s/%s", rel,
+							names.v[i])
+					     : names.v[i],
+				      out);
+	}
+}
+
+char *t_disk_tree(struct t *t, const char *dir)
+{
+	struct strv out = { 0 };
+
+	disk_tree_add(t, dir, "", &out);
+	return join(t, out.v, out.n, "\n");
+}
+
+char *t_work_ls(struct t *t)
+{
+	return t_disk_ls(t, t_work_subdir(t));
+}
+
+/* ---- the merged view, whole ----------------------------------------------- */
+
+static void tree_add(struct t *t, struct lfs_fs *fs, const char *rel,
+		     struct strv *out)
+{
+	struct lfs_node *node;
+	struct stat st;
+	char *what = "";
+	int r = t_walk(fs, rel, &node, &st);
+
+	if (r < 0)
+		FAIL("tree: lookup %s: %s", rel, t_errname(-r));
+	t_keep_node(t, fs, node);
+	if (S_ISREG(st.st_mode)) {
+		char *data = t_cat(t, fs, rel);
+		what = t_printf(t, "data=%s", escaped(t, data, strlen(data)));
+	} else if (S_ISLNK(st.st_mode)) {
+		char *target = t_readlink(t, fs, rel);
+		what = t_printf(t, "target=%s",
+				escaped(t, target, strlen(target)));
+	}
+	strv_add(t, out, t_printf(t,
+		"%s mode=%o uid=%u gid=%u size=%lld rdev=%u:%u %s",
+		rel[0] ? rel : ".", (unsigned)st.st_mode, (unsigned)st.st_uid,
+		(unsigned)st.st_gid,
+		S_ISDIR(st.st_mode) ? 0LL : (long long)st.st_size,
+		major(st.st_rdev), minor(st.st_rdev), what));
+	if (S_ISDIR(st.st_mode)) {
+		struct t_dirent *v;
+		size_t n = t_readdir(t, fs, rel, &v);
+		for (size_t i = 0; i < n; i++) {
+			if (strcmp(v[i].name, ".") == 0 ||
+			    strcmp(v[i].name, "..") == 0)
+				continue;
+			tree_add(t, fs,
+				 rel[0] ? t_printf(t, "%s/%s", rel, v[i].name)
+					: v[i].name,
+				 out);
+		}
+	}
+}
+
+char *t_tree(struct t *t, struct lfs_fs *fs)
+{
+	struct strv out = { 0 };
+
+	tree_add(t, fs, "", &out);
+	if (out.n > 1)
+		qsort(out.v, out.n, sizeof(*out.v), str_cmp);
+	return join(t, out.v, out.n, "\n");
+}
+
+/* ---- handles ------------------------------------------------------------- */
+
+int t_keep_fd_at(struct t *t, const char *file, int line, int fd,
+		 const char *what)
+{
+	if (fd < 0)
+		t_fail_at(t, file, line, "%s failed: %s", what,
+			  t_errname(-fd));
+	t_defer(t, close_deferred, (void *)(intptr_t)fd, NULL);
+	return fd;
+}
+
+struct lfs_node *t_keep_node(struct t *t, struct lfs_fs *fs,
+			     struct lfs_node *node)
+{
+	t_defer(t, unref_deferred, fs, node);
+	return node;
+}
+
+char *t_pread_all(struct t *t, int fd)
+{
+	size_t len = 0, cap = 256;
+	char *buf = malloc(cap);
+	ssize_t n;
+
+	if (!buf)
+		FAIL("out of memory");
+	while ((n = pread(fd, buf + len, cap - len - 1, (off_t)len)) > 0) {
+		len += (size_t)n;
+		if (len + 1 == cap) {
+			char *big = realloc(buf, cap * 2);
+			if (!big) {
+				free(buf);
+				FAIL("out of memory");
+			}
+			buf = big;
+			cap *= 2;
+		}
+	}
+	if (n < 0) {
+		int e = errno;
+		free(buf);
+		FAIL("pread fd %d: %s", fd, strerror(e));
+	}
+	buf[len] = '\0';
+	return t_own(t, buf);
+}
+
+void t_pwrite_str(struct t *t, int fd, const char *s)
+{
+	size_t len = strlen(s), done = 0;
+
+	while (done < len) {
+		ssize_t n = pwrite(fd, s + done, len - done, (off_t)done);
+		if (n < 0)
+			FAIL("pwrite fd %d: %s", fd, strerror(errno));
+		done += (size_t)n;
+	}
 }

@@ -192,4 +192,79 @@ size_t t_readdir(struct t *t, struct lfs_fs *fs, const char *path,
  * shows a name twice. */
 char *t_ls(struct t *t, struct lfs_fs *fs, const char *path);
 
+/* ---- writable stacks (layer 0 is the upper) ------------------------------ */
+
+/*
+ * Build the spec in t_tmp (L0 is the upper layer, an ordinary directory)
+ * and open it writable, with the work dir t_workdir(t) (t_tmp/W) on the
+ * same filesystem; freed when the test ends.  t_fs_rw writes char device
+ * whiteouts (skips the test if mknod is not allowed); t_fs_rw_fmt takes
+ * the whiteout format; the _n forms add empty layers so there are n.
+ */
+struct lfs_fs *t_fs_rw(struct t *t, const char *spec);
+struct lfs_fs *t_fs_rw_n(struct t *t, int n_layers, const char *spec);
+struct lfs_fs *t_fs_rw_fmt(struct t *t, enum lfs_whiteout_format format,
+			   const char *spec);
+/* Open base/L0..L<n-1> writable with work dir workdir. */
+struct lfs_fs *t_open_rw(struct t *t, const char *base, int n_layers,
+			 const char *workdir, enum lfs_whiteout_format format);
+/* A second, fresh fs over the layers of the last t_fs_rw*: it reads
+ * everything from disk.  Read-only (no work dir is touched), or writable
+ * (it empties the work dir, as a new mount does). */
+struct lfs_fs *t_reopen_ro(struct t *t);
+struct lfs_fs *t_reopen_rw(struct t *t);
+
+/* On-disk paths under t_tmp: the upper layer (rel "" or "." for its
+ * root), a lower layer, the work dir given to the fs, and the work dir's
+ * "work" subdir where changes are staged. */
+char *t_upper(struct t *t, const char *rel);
+char *t_lower(struct t *t, int layer, const char *rel);
+const char *t_workdir(struct t *t);
+char *t_work_subdir(struct t *t);
+
+/* ---- the layers on disk ------------------------------------------------ */
+
+/* lstat(2) that fails the test on error. */
+struct stat t_lstat(struct t *t, const char *path);
+/* True if path exists (lstat succeeds). */
+bool t_exists(const char *path);
+/* True if path is a char device 0/0 (an overlay whiteout). */
+bool t_is_chardev_whiteout(const char *path);
+/* The names in a real directory, sorted, separated by one space ("" for
+ * an empty one; "." and ".." left out). */
+char *t_disk_ls(struct t *t, const char *dir);
+/* A real file's content (owned by the test). */
+char *t_disk_cat(struct t *t, const char *path);
+/* An xattr's value (not followed through links) as a string, or NULL if
+ * the object has none of that name. */
+char *t_disk_xattr(struct t *t, const char *path, const char *name);
+/* Everything about a real tree, one line per object, sorted by path:
+ * type, mode, owner, size, mtime, ctime, rdev, link target, content and
+ * every xattr - two equal dumps mean nothing in the tree changed. */
+char *t_disk_tree(struct t *t, const char *dir);
+/* What the work dir's "work" subdir holds (t_disk_ls): "" when no change
+ * left anything behind. */
+char *t_work_ls(struct t *t);
+
+/* ---- the merged view, whole ----------------------------------------------- */
+
+/* The whole merged tree, one line per name, sorted by path: type, mode,
+ * owner, size, rdev, link target and file content (not st_ino, which may
+ * differ between two fs over the same layers). */
+char *t_tree(struct t *t, struct lfs_fs *fs);
+
+/* ---- handles ------------------------------------------------------------- */
+
+/* fd >= 0 is closed when the test ends; fd < 0 fails the test (what). */
+int t_keep_fd_at(struct t *t, const char *file, int line, int fd,
+		 const char *what);
+#define t_keep_fd(t, fd) t_keep_fd_at(t, __FILE__, __LINE__, fd, #fd)
+/* Drop one reference of node when the test ends; returns node. */
+struct lfs_node *t_keep_node(struct t *t, struct lfs_fs *fs,
+			     struct lfs_node *node);
+/* All of fd's data from offset 0 (owned by the test). */
+char *t_pread_all(struct t *t, int fd);
+/* Write s at offset 0 of fd, all of it. */
+void t_pwrite_str(struct t *t, int fd, const char *s);
+
 #endif /* UNIT_HARNESS_H */
