@@ -27,7 +27,7 @@ DEPS_STAMP := build/.deps-ok
 CORE_SRCS := fs/layer.c fs/whiteout.c fs/dirindex.c fs/node.c fs/lookup.c \
              fs/readdir.c fs/inomap.c fs/options.c fs/pathbuf.c fs/fs.c \
              fs/file.c fs/xattr.c fs/layercache.c fs/explain.c \
-             fs/upper.c fs/copyup.c fs/dir.c fs/inode.c
+             fs/upper.c fs/copyup.c fs/dir.c fs/inode.c fs/stats.c
 FUSE_SRCS := fs/fuse_ops.c fs/fuse_main.c
 CORE_OBJS := $(CORE_SRCS:%.c=build/%.o)
 FUSE_OBJS := $(FUSE_SRCS:%.c=build/%.o)

@@ -34,10 +34,18 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
+#include <time.h>
 
 #include "layerfs_i.h"
 
 #define COPY_CHUNK (1u << 20)
+
+/* What the copy-up running on this thread did, for the counters: one
+ * copy-up runs on one thread from start to end. */
+static _Thread_local struct {
+	enum lfs_counter method;    /* LFS_C_COPYUP_{REFLINK,RANGE,RW,META,LINK} */
+	off_t bytes;                /* data copied */
+} copy_report;
 
 /* ------------------------------------------------------------------ */
 /* Attributes                                                          */
@@ -220,6 +228,7 @@ static int copy_range(struct lfs_upper *u, int src, int dst, off_t off,
 		if (n > 0) {
 			off += n;
 			len -= n;
+			copy_report.method = LFS_C_COPYUP_RANGE;
 			continue;
 		}
 		if (n == 0)
@@ -232,6 +241,8 @@ static int copy_range(struct lfs_upper *u, int src, int dst, off_t off,
 		}
 		return -errno;
 	}
+	if (len > 0)
+		copy_report.method = LFS_C_COPYUP_RW;
 	return len > 0 ? copy_range_rw(src, dst, off, len) : 0;
 }
 
@@ -241,10 +252,13 @@ static int copy_data(struct lfs_upper *u, int src, int dst, off_t size)
 	off_t off = 0;
 	int r;
 
+	copy_report.bytes = size;
 	if (size == 0)
 		return 0;
-	if (u->can_reflink && ioctl(dst, FICLONE, src) == 0)
+	if (u->can_reflink && ioctl(dst, FICLONE, src) == 0) {
+		copy_report.method = LFS_C_COPYUP_REFLINK;
 		return 0;
+	}
 	while (off < size) {
 		off_t data = lseek(src, off, SEEK_DATA);
 		if (data < 0 && errno == ENXIO)
@@ -359,6 +373,8 @@ int lfs_copy_up_dir_locked(struct lfs_fs *fs, struct lfs_node *dir)
 		unlinkat(u->work_fd, tmp, AT_REMOVEDIR);
 		return r;
 	}
+	lfs_count(fs, LFS_C_COPYUPS, 1);
+	lfs_count(fs, LFS_C_COPYUP_META, 1);
 	return mark_copied_up(fs, dir, &upper_st);
 }
 
@@ -456,6 +472,7 @@ static int build_linked_copy(struct lfs_fs *fs, uint32_t src_layer,
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (linkat(u->index_fd, key, u->work_fd, tmp, 0) == 0) {
 			index_add_pending(u, key, -1);
+			copy_report.method = LFS_C_COPYUP_LINK;
 			return 0;
 		}
 		if (errno != ENOENT)
@@ -597,6 +614,10 @@ int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data)
 		lfs_ns_unlock(fs);
 		return r;
 	}
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	copy_report.method = LFS_C_COPYUP_META;
+	copy_report.bytes = 0;
 	pthread_mutex_lock(&node->copyup_mu);
 	lfs_ns_wrlock(fs);
 	r = node->is_orphan ? -ESTALE : 0;
@@ -627,6 +648,16 @@ int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data)
 		r = mark_copied_up(fs, node, &upper_st);
 	else
 		unlinkat(u->work_fd, tmp, 0);
+	if (r == 0) {
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		lfs_count(fs, LFS_C_COPYUPS, 1);
+		lfs_count(fs, copy_report.method, 1);
+		if (copy_report.method != LFS_C_COPYUP_LINK)
+			lfs_count(fs, LFS_C_COPYUP_BYTES, copy_report.bytes);
+		lfs_count(fs, LFS_C_COPYUP_NS,
+			  (t1.tv_sec - t0.tv_sec) * 1000000000LL +
+				  (t1.tv_nsec - t0.tv_nsec));
+	}
 unlock:
 	lfs_ns_unlock(fs);
 out:

@@ -165,6 +165,8 @@ static int place_object(struct lfs_fs *fs, struct dir_op *op,
 			r = dfd < 0 ? -errno : lfs_whiteout_mark_opaque(u, dfd);
 			if (dfd >= 0)
 				close(dfd);
+			if (r == 0)
+				lfs_count(fs, LFS_C_OPAQUES, 1);
 		}
 		if (r == 0 && over_whiteout)
 			r = lfs_whiteout_remove_oci(op->upper_fd, name);
@@ -189,6 +191,8 @@ static int place_object(struct lfs_fs *fs, struct dir_op *op,
 		r = dfd < 0 ? -errno : lfs_whiteout_mark_opaque(u, dfd);
 		if (dfd >= 0)
 			close(dfd);
+		if (r == 0)
+			lfs_count(fs, LFS_C_OPAQUES, 1);
 	}
 	if (r == 0 && a->kind == MAKE_DIR) {
 		/* A directory cannot replace a file: exchange, then drop the
@@ -528,6 +532,8 @@ static int remove_name(struct lfs_fs *fs, struct lfs_node *parent,
 		r = remove_upper(fs, op.upper_fd, name, is_dir);
 	if (r == 0)
 		lfs_entry_hide(e, needs_whiteout);
+	if (r == 0 && needs_whiteout)
+		lfs_count(fs, LFS_C_WHITEOUTS, 1);
 out:
 	dir_op_end(&op);
 	lfs_ns_unlock(fs);
@@ -579,6 +585,8 @@ static int mark_opaque_at(struct lfs_fs *fs, int dir_fd, const char *name)
 		return -errno;
 	r = lfs_whiteout_mark_opaque(&fs->upper, fd);
 	close(fd);
+	if (r == 0)
+		lfs_count(fs, LFS_C_OPAQUES, 1);
 	return r;
 }
 
@@ -676,6 +684,8 @@ static int do_move(struct lfs_fs *fs, struct rename_op *o)
 	if (fstatat(o->to.upper_fd, o->newname, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 
+	if (needs_whiteout)
+		lfs_count(fs, LFS_C_WHITEOUTS, 1);
 	/* The tree: the source's node moves to the target's entry. */
 	struct lfs_entry *eb;
 	int rr = lfs_dirindex_put_upper(o->to.index, o->newname,

@@ -64,6 +64,7 @@ static int entry_add(struct lfs_dirindex *index,
 		return -ENOMEM;
 	}
 	index->n_entries++;
+	index->bytes += sizeof(*e) + len + 1;
 	*ret = e;
 	return 0;
 }
@@ -263,6 +264,8 @@ int lfs_dirindex_build(struct lfs_fs *fs, const char *relpath,
 		bool opaque = false;
 
 		struct lfs_layercache *cache = lfs_fs_layercache(fs, layer);
+		lfs_count(fs, cache ? LFS_C_DIR_CACHE_READS : LFS_C_DIR_READS, 1);
+		lfs_stats_layer(fs, layer);
 		r = cache ? index_read_cached(index, cache, layer, relpath,
 					      is_root, &opaque)
 			  : index_read_layer(index, &stack->layers[layer], layer,
@@ -279,6 +282,10 @@ int lfs_dirindex_build(struct lfs_fs *fs, const char *relpath,
 	r = index_make_visible_list(index);
 	if (r < 0)
 		goto fail;
+	lfs_count(fs, LFS_C_INDEX_BUILT, 1);
+	lfs_count(fs, LFS_C_INDEX_ENTRIES, index->n_entries);
+	lfs_count(fs, LFS_C_INDEX_BYTES,
+		  index->bytes + index->n_entries * sizeof(void *));
 	*ret = index;
 	return 0;
 fail:

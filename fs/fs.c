@@ -114,10 +114,16 @@ int lfs_fs_new(struct lfs_fs **ret, struct lfs_stack *stack,
 	r = lfs_inomap_init(&fs->inomap, stack->n_filesystems);
 	if (r < 0)
 		goto fail_mutex;
+	r = lfs_stats_init(&fs->stats, stack->n_layers);
+	if (r < 0) {
+		lfs_inomap_destroy(&fs->inomap);
+		goto fail_mutex;
+	}
 	fs->stack = stack;
 	fs->root = lfs_node_new_root(fs);
 	if (!fs->root) {
 		r = -ENOMEM;
+		lfs_stats_destroy(&fs->stats);
 		lfs_inomap_destroy(&fs->inomap);
 		goto fail_mutex;
 	}
@@ -146,6 +152,7 @@ void lfs_fs_free(struct lfs_fs *fs)
 	 * stopped all request threads by now. */
 	lfs_node_free_root(fs, fs->root);
 	lfs_inomap_destroy(&fs->inomap);
+	lfs_stats_destroy(&fs->stats);
 	fs_free_caches(fs, fs->stack->n_layers);
 	pthread_mutex_destroy(&fs->layer_cache_mu);
 	lfs_stack_free(fs->stack);

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fuse_i.h"
@@ -19,6 +20,108 @@ static struct lfs_fuse *ctx(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
 }
+
+/*
+ * Every request is timed into the core's counters (README.md, "Counters"):
+ * two clock reads, a few tens of nanoseconds against the microseconds a
+ * FUSE round trip takes.  The handlers reply before they return, so the
+ * time is the service time of the request.
+ */
+enum op_kind {
+	K_LOOKUP,
+	K_FORGET,
+	K_FORGET_MULTI,
+	K_GETATTR,
+	K_READLINK,
+	K_OPENDIR,
+	K_READDIR,
+	K_READDIRPLUS,
+	K_RELEASEDIR,
+	K_OPEN,
+	K_READ,
+	K_RELEASE,
+	K_FLUSH,
+	K_FSYNC,
+	K_FSYNCDIR,
+	K_STATFS,
+	K_GETXATTR,
+	K_LISTXATTR,
+	K_ACCESS,
+	K_LSEEK,
+	K_SETATTR,
+	K_MKNOD,
+	K_MKDIR,
+	K_SYMLINK,
+	K_LINK,
+	K_UNLINK,
+	K_RMDIR,
+	K_RENAME,
+	K_CREATE,
+	K_SETXATTR,
+	K_REMOVEXATTR,
+	K_WRITE_BUF,
+	K_FALLOCATE,
+	K_COPY_FILE_RANGE,
+	N_KINDS
+};
+
+static const char *const kind_names[N_KINDS] = {
+	[K_LOOKUP] = "LOOKUP",
+	[K_FORGET] = "FORGET",
+	[K_FORGET_MULTI] = "BATCH_FORGET",
+	[K_GETATTR] = "GETATTR",
+	[K_READLINK] = "READLINK",
+	[K_OPENDIR] = "OPENDIR",
+	[K_READDIR] = "READDIR",
+	[K_READDIRPLUS] = "READDIRPLUS",
+	[K_RELEASEDIR] = "RELEASEDIR",
+	[K_OPEN] = "OPEN",
+	[K_READ] = "READ",
+	[K_RELEASE] = "RELEASE",
+	[K_FLUSH] = "FLUSH",
+	[K_FSYNC] = "FSYNC",
+	[K_FSYNCDIR] = "FSYNCDIR",
+	[K_STATFS] = "STATFS",
+	[K_GETXATTR] = "GETXATTR",
+	[K_LISTXATTR] = "LISTXATTR",
+	[K_ACCESS] = "ACCESS",
+	[K_LSEEK] = "LSEEK",
+	[K_SETATTR] = "SETATTR",
+	[K_MKNOD] = "MKNOD",
+	[K_MKDIR] = "MKDIR",
+	[K_SYMLINK] = "SYMLINK",
+	[K_LINK] = "LINK",
+	[K_UNLINK] = "UNLINK",
+	[K_RMDIR] = "RMDIR",
+	[K_RENAME] = "RENAME",
+	[K_CREATE] = "CREATE",
+	[K_SETXATTR] = "SETXATTR",
+	[K_REMOVEXATTR] = "REMOVEXATTR",
+	[K_WRITE_BUF] = "WRITE",
+	[K_FALLOCATE] = "FALLOCATE",
+	[K_COPY_FILE_RANGE] = "COPY_FILE_RANGE",
+};
+
+struct op_clock {
+	struct lfs_fs *fs;
+	unsigned kind;
+	struct timespec t0;
+};
+
+static void op_clock_done(struct op_clock *c)
+{
+	struct timespec t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	lfs_stats_request(c->fs, c->kind,
+			  (uint64_t)((t1.tv_sec - c->t0.tv_sec) * 1000000000LL +
+				     (t1.tv_nsec - c->t0.tv_nsec)));
+}
+
+#define TIMED(req, k)                                                      \
+	__attribute__((cleanup(op_clock_done))) struct op_clock op_clock_ = { \
+		.fs = ctx(req)->fs, .kind = (k) };                         \
+	clock_gettime(CLOCK_MONOTONIC, &op_clock_.t0)
 
 static struct lfs_node *node_of(fuse_req_t req, fuse_ino_t ino)
 {
@@ -92,6 +195,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	TIMED(req, K_LOOKUP);
 	struct lfs_fuse *f = ctx(req);
 	struct fuse_entry_param e;
 	struct lfs_node *node;
@@ -116,6 +220,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
+	TIMED(req, K_FORGET);
 	lfs_node_unref(ctx(req)->fs, node_of(req, ino), nlookup);
 	fuse_reply_none(req);
 }
@@ -123,6 +228,7 @@ static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 static void op_forget_multi(fuse_req_t req, size_t count,
 			    struct fuse_forget_data *forgets)
 {
+	TIMED(req, K_FORGET_MULTI);
 	for (size_t i = 0; i < count; i++)
 		lfs_node_unref(ctx(req)->fs, node_of(req, forgets[i].ino),
 			       forgets[i].nlookup);
@@ -132,6 +238,7 @@ static void op_forget_multi(fuse_req_t req, size_t count,
 static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
+	TIMED(req, K_GETATTR);
 	struct stat st;
 	int r = lfs_getattr(ctx(req)->fs, node_of(req, ino), &st);
 
@@ -144,6 +251,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 {
+	TIMED(req, K_READLINK);
 	char buf[PATH_MAX + 1];
 	int r = lfs_readlink(ctx(req)->fs, node_of(req, ino), buf,
 			     sizeof(buf) - 1);
@@ -159,6 +267,7 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
+	TIMED(req, K_OPENDIR);
 	struct lfs_dir *dir;
 	int r;
 
@@ -280,18 +389,21 @@ static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size,
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
+	TIMED(req, K_READDIR);
 	readdir_common(req, ino, size, off, fi, false);
 }
 
 static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
 			   off_t off, struct fuse_file_info *fi)
 {
+	TIMED(req, K_READDIRPLUS);
 	readdir_common(req, ino, size, off, fi, true);
 }
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
 			  struct fuse_file_info *fi)
 {
+	TIMED(req, K_RELEASEDIR);
 	(void)ino;
 	lfs_closedir(ctx(req)->fs, (struct lfs_dir *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
@@ -318,6 +430,7 @@ static int handle_new(fuse_req_t req, struct lfs_node *node, int fd,
 
 	if (ctx(req)->read_only) {
 		*ret_fh = (uint64_t)fd;
+		lfs_stats_open_file(ctx(req)->fs, 1);
 		return 0;
 	}
 	h = malloc(sizeof(*h));
@@ -327,6 +440,7 @@ static int handle_new(fuse_req_t req, struct lfs_node *node, int fd,
 	atomic_init(&h->old_fd, -1);
 	h->lower = lfs_node_layer(node) != 0;
 	*ret_fh = (uint64_t)(uintptr_t)h;
+	lfs_stats_open_file(ctx(req)->fs, 1);
 	return 0;
 }
 
@@ -334,6 +448,7 @@ static void handle_close(fuse_req_t req, uint64_t fh)
 {
 	struct open_file *h = (struct open_file *)(uintptr_t)fh;
 
+	lfs_stats_open_file(ctx(req)->fs, -1);
 	if (ctx(req)->read_only) {
 		close((int)fh);
 		return;
@@ -371,6 +486,7 @@ static int handle_fd(fuse_req_t req, fuse_ino_t ino, uint64_t fh)
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	TIMED(req, K_OPEN);
 	int fd, r;
 
 	if (ctx(req)->zero_message_open && (fi->flags & O_ACCMODE) == O_RDONLY) {
@@ -412,6 +528,7 @@ static int file_fd(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
+	TIMED(req, K_READ);
 	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
 	bool owned;
 	int fd;
@@ -432,6 +549,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_release(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
+	TIMED(req, K_RELEASE);
 	(void)ino;
 	handle_close(req, fi->fh);
 	fuse_reply_err(req, 0);
@@ -439,6 +557,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	TIMED(req, K_FLUSH);
 	(void)ino;
 	(void)fi;
 	/* Nothing is buffered here; ENOSYS makes the kernel stop asking, one
@@ -449,6 +568,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		     struct fuse_file_info *fi)
 {
+	TIMED(req, K_FSYNC);
 	int fd;
 
 	/* Lower layers are never written: only an upper file has anything
@@ -465,6 +585,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 			struct fuse_file_info *fi)
 {
+	TIMED(req, K_FSYNCDIR);
 	(void)fi;
 	reply_err(req, lfs_fsyncdir(ctx(req)->fs, node_of(req, ino),
 				    datasync != 0));
@@ -472,6 +593,7 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
+	TIMED(req, K_STATFS);
 	struct statvfs st;
 	int r = lfs_statfs(ctx(req)->fs, &st);
 
@@ -508,25 +630,55 @@ static void reply_xattr_query(fuse_req_t req, fuse_ino_t ino,
 	free(buf);
 }
 
+/* getfattr -n layerfs.stats /mnt: the counters as JSON.  The name has no
+ * namespace a real file could carry, so it can shadow nothing. */
+#define STATS_XATTR "layerfs.stats"
+
+static void reply_stats(fuse_req_t req, size_t size)
+{
+	char *json;
+	size_t len;
+	int r = lfs_stats_json(ctx(req)->fs, kind_names, N_KINDS, &json, &len);
+
+	if (r < 0)
+		reply_err(req, r);
+	else if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, json, len);
+	if (r == 0)
+		free(json);
+}
+
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			size_t size)
 {
+	TIMED(req, K_GETXATTR);
+	if (ino == FUSE_ROOT_ID && strcmp(name, STATS_XATTR) == 0) {
+		reply_stats(req, size);
+		return;
+	}
 	reply_xattr_query(req, ino, name, size);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
+	TIMED(req, K_LISTXATTR);
 	reply_xattr_query(req, ino, NULL, size);
 }
 
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 {
+	TIMED(req, K_ACCESS);
 	fuse_reply_err(req, -lfs_access(ctx(req)->fs, node_of(req, ino), mask));
 }
 
 static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		     struct fuse_file_info *fi)
 {
+	TIMED(req, K_LSEEK);
 	bool owned;
 	int fd;
 	int r = file_fd(req, ino, fi, &fd, &owned);
@@ -589,6 +741,7 @@ static unsigned setattr_mask(int to_set)
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		       int to_set, struct fuse_file_info *fi)
 {
+	TIMED(req, K_SETATTR);
 	struct stat st;
 	int r = lfs_setattr(ctx(req)->fs, node_of(req, ino), attr,
 			    setattr_mask(to_set),
@@ -603,6 +756,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 		     mode_t mode, dev_t rdev)
 {
+	TIMED(req, K_MKNOD);
 	struct lfs_cred c = cred_of(req);
 	struct lfs_node *node = NULL;
 	struct stat st;
@@ -615,6 +769,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 		     mode_t mode)
 {
+	TIMED(req, K_MKDIR);
 	struct lfs_cred c = cred_of(req);
 	struct lfs_node *node = NULL;
 	struct stat st;
@@ -627,6 +782,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 		       const char *name)
 {
+	TIMED(req, K_SYMLINK);
 	struct lfs_cred c = cred_of(req);
 	struct lfs_node *node = NULL;
 	struct stat st;
@@ -639,6 +795,7 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 		    const char *newname)
 {
+	TIMED(req, K_LINK);
 	struct lfs_node *node = NULL;
 	struct stat st;
 	int r = lfs_link(ctx(req)->fs, node_of(req, ino),
@@ -649,11 +806,13 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	TIMED(req, K_UNLINK);
 	reply_err(req, lfs_unlink(ctx(req)->fs, node_of(req, parent), name));
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	TIMED(req, K_RMDIR);
 	reply_err(req, lfs_rmdir(ctx(req)->fs, node_of(req, parent), name));
 }
 
@@ -661,6 +820,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		      fuse_ino_t newparent, const char *newname,
 		      unsigned int flags)
 {
+	TIMED(req, K_RENAME);
 	reply_err(req, lfs_rename(ctx(req)->fs, node_of(req, parent), name,
 				  node_of(req, newparent), newname, flags));
 }
@@ -668,6 +828,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		      mode_t mode, struct fuse_file_info *fi)
 {
+	TIMED(req, K_CREATE);
 	struct lfs_fuse *f = ctx(req);
 	struct lfs_cred c = cred_of(req);
 	struct fuse_entry_param e;
@@ -699,12 +860,14 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			const char *value, size_t size, int flags)
 {
+	TIMED(req, K_SETXATTR);
 	reply_err(req, lfs_setxattr(ctx(req)->fs, node_of(req, ino), name,
 				    value, size, flags));
 }
 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
+	TIMED(req, K_REMOVEXATTR);
 	reply_err(req, lfs_removexattr(ctx(req)->fs, node_of(req, ino), name));
 }
 
@@ -714,6 +877,7 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 			 struct fuse_bufvec *in, off_t off,
 			 struct fuse_file_info *fi)
 {
+	TIMED(req, K_WRITE_BUF);
 	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
 	ssize_t n;
 
@@ -730,6 +894,7 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
 			 off_t offset, off_t length, struct fuse_file_info *fi)
 {
+	TIMED(req, K_FALLOCATE);
 	if (fallocate(handle_fd(req, ino, fi->fh), mode, offset, length) < 0)
 		fuse_reply_err(req, errno);
 	else
@@ -742,6 +907,7 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in,
 			       struct fuse_file_info *fi_out, size_t len,
 			       int flags)
 {
+	TIMED(req, K_COPY_FILE_RANGE);
 	loff_t in = off_in, out = off_out;
 	ssize_t n;
 

@@ -146,6 +146,7 @@ struct lfs_dirindex {
 					 the hash) */
 	size_t n_visible;
 	size_t n_entries;             /* including whiteouts */
+	size_t bytes;                 /* memory of the entries (counters) */
 	uint32_t n_layers_read;       /* after opaque truncation */
 };
 
@@ -323,6 +324,55 @@ void lfs_read_origins(struct lfs_fs *fs, const char *relpath,
 int lfs_copy_xattrs(const char *src_path, const char *dst_path);
 
 /* ------------------------------------------------------------------ */
+/* stats.c: live counters, one block per thread                        */
+
+enum lfs_counter {
+	LFS_C_LOOKUP_POS, LFS_C_LOOKUP_NEG,
+	LFS_C_INDEX_ANSWERS,     /* lookups answered by a built index */
+	LFS_C_INDEX_BUILT, LFS_C_INDEX_ENTRIES, LFS_C_INDEX_BYTES,
+	LFS_C_DIR_READS,         /* layer directories read (readdir) */
+	LFS_C_DIR_CACHE_READS,   /* ... or taken from a layer index cache */
+	LFS_C_OBJECT_STATS,      /* fstatat of an object in a layer */
+	LFS_C_STATS_CACHED,      /* ... answered from a layer index cache */
+	LFS_C_COPYUPS, LFS_C_COPYUP_BYTES, LFS_C_COPYUP_NS,
+	LFS_C_COPYUP_REFLINK, LFS_C_COPYUP_RANGE, LFS_C_COPYUP_RW,
+	LFS_C_COPYUP_META, LFS_C_COPYUP_LINK,
+	LFS_C_WHITEOUTS, LFS_C_OPAQUES,
+	LFS_C_OPENS, LFS_C_RELEASES,
+	LFS_N_COUNTERS
+};
+
+struct lfs_stats_block;
+
+struct lfs_stats {
+	uint64_t gen;                    /* tells this fs's blocks apart */
+	uint32_t n_layers;
+	pthread_mutex_t mu;              /* protects blocks (the list) */
+	struct lfs_stats_block *blocks;  /* owned, one per counting thread */
+};
+
+int lfs_stats_init(struct lfs_stats *s, uint32_t n_layers);
+void lfs_stats_destroy(struct lfs_stats *s);
+struct lfs_stats_block *lfs_stats_block_slow(struct lfs_stats *s);
+/* One probe of layer (a directory read or an object's stat). */
+void lfs_stats_layer(struct lfs_fs *fs, uint32_t layer);
+
+extern _Thread_local struct lfs_stats_block *lfs_stats_tl_block;
+extern _Thread_local uint64_t lfs_stats_tl_gen;
+
+/* This thread's block for s: a compare on the hot path. */
+static inline struct lfs_stats_block *lfs_stats_block(struct lfs_stats *s)
+{
+	if (__builtin_expect(lfs_stats_tl_gen == s->gen, 1))
+		return lfs_stats_tl_block;
+	return lfs_stats_block_slow(s);
+}
+
+/* Add n to counter k (the block's first member is the counter array). */
+#define lfs_count(fs, k, n) \
+	(((uint64_t *)lfs_stats_block(&(fs)->stats))[(k)] += (uint64_t)(n))
+
+/* ------------------------------------------------------------------ */
 /* fs.c: the filesystem instance                                       */
 
 struct lfs_fs {
@@ -348,6 +398,8 @@ struct lfs_fs {
 	pthread_rwlock_t ns_lock;
 	pthread_mutex_t orphan_mu;      /* protects orphans */
 	struct lfs_node *orphans;       /* nodes whose names were removed */
+
+	struct lfs_stats stats;
 
 	/* The background cache builder (lfs_fs_start_background). */
 	pthread_t builder;

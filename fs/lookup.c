@@ -51,7 +51,10 @@ static int node_stat(struct lfs_fs *fs, struct lfs_node *node,
 			return -ESTALE;
 	} else if (node->stat_rec) {
 		lfs_layercache_decode_stat(node->stat_rec, &st);
+		lfs_count(fs, LFS_C_STATS_CACHED, 1);
 	} else {
+		lfs_count(fs, LFS_C_OBJECT_STATS, 1);
+		lfs_stats_layer(fs, node->layer);
 		r = lfs_node_path(node, path, sizeof(path));
 		if (r < 0)
 			return r;
@@ -97,16 +100,23 @@ int lfs_lookup_locked(struct lfs_fs *fs, struct lfs_node *parent,
 	struct lfs_entry *e;
 	int r;
 
-	if (lfs_whiteout_is_reserved_name(name))
+	if (lfs_whiteout_is_reserved_name(name)) {
+		lfs_count(fs, LFS_C_LOOKUP_NEG, 1);
 		return -ENOENT;
+	}
 	if (strlen(name) > NAME_MAX)
 		return -ENAMETOOLONG;
+	if (atomic_load_explicit(&parent->index, memory_order_relaxed))
+		lfs_count(fs, LFS_C_INDEX_ANSWERS, 1);
 	r = lfs_node_index(fs, parent, &index);
 	if (r < 0)
 		return r;
 	e = lfs_dirindex_find(index, name);
-	if (!e || e->is_whiteout)
+	if (!e || e->is_whiteout) {
+		lfs_count(fs, LFS_C_LOOKUP_NEG, 1);
 		return -ENOENT;
+	}
+	lfs_count(fs, LFS_C_LOOKUP_POS, 1);
 
 	r = lfs_node_child(fs, parent, e, &child);
 	if (r < 0)

@@ -283,6 +283,20 @@ int lfs_removexattr(struct lfs_fs *fs, struct lfs_node *node,
 int lfs_fsyncdir(struct lfs_fs *fs, struct lfs_node *node, bool datasync);
 
 /* ------------------------------------------------------------------ */
+/* stats.c: live counters (README.md, "Counters")                     */
+
+#define LFS_MAX_REQUEST_KINDS 64
+
+/* Record one request of kind (< LFS_MAX_REQUEST_KINDS; the caller names
+ * the kinds) that took ns nanoseconds. */
+void lfs_stats_request(struct lfs_fs *fs, unsigned kind, uint64_t ns);
+/* An open file handle came (+1) or went (-1). */
+void lfs_stats_open_file(struct lfs_fs *fs, int delta);
+/* Every counter as one JSON object (owned text, *ret_len bytes). */
+int lfs_stats_json(struct lfs_fs *fs, const char *const *kind_names,
+		   unsigned n_kinds, char **ret, size_t *ret_len);
+
+/* ------------------------------------------------------------------ */
 /* readdir.c: merged directory listings                                */
 
 struct lfs_dirent {
