@@ -285,7 +285,7 @@ int lfs_fsyncdir(struct lfs_fs *fs, struct lfs_node *node, bool datasync);
 /* ------------------------------------------------------------------ */
 /* stats.c: live counters (README.md, "Counters")                     */
 
-#define LFS_MAX_REQUEST_KINDS 64
+#define LFS_MAX_REQUEST_KINDS 40
 
 /* Record one request of kind (< LFS_MAX_REQUEST_KINDS; the caller names
  * the kinds) that took ns nanoseconds. */
