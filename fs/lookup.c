@@ -52,6 +52,7 @@ static int node_stat(struct lfs_fs *fs, struct lfs_node *node,
 	} else if (node->stat_rec) {
 		lfs_layercache_decode_stat(node->stat_rec, &st);
 		lfs_count(fs, LFS_C_STATS_CACHED, 1);
+		lfs_stats_layer(fs, node->layer);
 	} else {
 		lfs_count(fs, LFS_C_OBJECT_STATS, 1);
 		lfs_stats_layer(fs, node->layer);
