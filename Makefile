@@ -103,6 +103,8 @@ bench: all
 	@benchmarks/importbench.py
 	@echo
 	@benchmarks/run
+	@echo
+	@benchmarks/writebench.py
 
 example: all
 	@tests/example.sh

@@ -1,11 +1,14 @@
 """The three systems under test, and mounting them fairly and cleanly.
 
-Each system mounts the same layer directories read-only (lower layers
-only).  layerfs and fuse-overlayfs get the absolute sha256-named layer
-directories; kernel overlayfs gets the short `short/<i>` symlinks to the same
-directories, run from inside short/, because its mount data is limited to
-one page.  Kernel overlayfs refuses a single lower layer without an upper
-one, so its 1-layer mount adds an empty layer on top (noted in the report).
+Each system mounts the same layer directories, read-only (lower layers
+only) or, given an upper and a work directory (writebench.py), writable.
+layerfs and fuse-overlayfs get the absolute layer directories; kernel
+overlayfs gets the short `short/<i>` symlinks to the same directories, run
+from inside short/, because its mount data is limited to one page.  Kernel
+overlayfs refuses a single lower layer without an upper one, so its
+read-only 1-layer mount adds an empty layer on top (noted in the report).
+A stack is any object with layer_dirs_top_first(), short_names_top_first()
+and short_dir() (see stackgen.Stack).
 
 Mount time is measured from starting the mount command to the first answered
 request: the command has exited (FUSE daemons here daemonize once mounted),
@@ -91,24 +94,30 @@ class System:
     def is_fuse(self):
         return self.name != "kernel"
 
-    def command(self, stack, mnt):
+    def command(self, stack, mnt, upper=None, work=None):
+        """The mount command and its working directory.  With UPPER (and
+        WORK, both absolute paths) the mount is writable."""
+        rw = f",upperdir={upper},workdir={work}" if upper else ""
         if self.name == "kernel":
             names = stack.short_names_top_first()
-            if len(names) == 1:
+            if len(names) == 1 and not upper:
                 names = ["../empty"] + names
             return ["mount", "-t", "overlay", "overlay", "-o",
-                    "lowerdir=" + ":".join(names), mnt], stack.short_dir()
+                    "lowerdir=" + ":".join(names) + rw, mnt], stack.short_dir()
         return [self.program, "-o",
-                "lowerdir=" + ":".join(stack.layer_dirs_top_first()), mnt], None
+                "lowerdir=" + ":".join(stack.layer_dirs_top_first()) + rw, mnt], None
 
 
 class Mount:
-    """A mounted stack; use as a context manager so it is always unmounted."""
+    """A mounted stack; use as a context manager so it is always unmounted.
+    UPPER and WORK (optional) make it writable; they must exist."""
 
-    def __init__(self, system, stack, mnt):
+    def __init__(self, system, stack, mnt, upper=None, work=None):
         self.system = system
         self.stack = stack
         self.mnt = os.path.realpath(mnt)
+        self.upper = os.path.realpath(upper) if upper else None
+        self.work = os.path.realpath(work) if work else None
         self.daemons = []
         self._before = set()
         self.seconds = None
@@ -118,7 +127,7 @@ class Mount:
         os.makedirs(self.mnt, exist_ok=True)
         if is_mounted(self.mnt):
             raise MountError(f"{self.mnt} is already a mount point")
-        cmd, cwd = self.system.command(self.stack, self.mnt)
+        cmd, cwd = self.system.command(self.stack, self.mnt, self.upper, self.work)
         self._before = set(_children())
         t0 = time.perf_counter()
         try:

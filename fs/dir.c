@@ -30,6 +30,7 @@ struct dir_op {
 	struct lfs_node *dir;
 	struct lfs_dirindex *index;
 	int upper_fd;             /* O_PATH on the upper copy of dir */
+	bool own_fd;              /* upper_fd is ours to close (else dir's) */
 };
 
 /* The directory's index: enough to check a change before making it. */
@@ -37,6 +38,7 @@ static int dir_op_look(struct lfs_fs *fs, struct lfs_node *dir,
 		       struct dir_op *op)
 {
 	op->upper_fd = -1;
+	op->own_fd = false;
 	op->dir = dir;
 	if (dir->type != DT_DIR)
 		return -ENOTDIR;
@@ -45,23 +47,46 @@ static int dir_op_look(struct lfs_fs *fs, struct lfs_node *dir,
 	return lfs_node_index(fs, dir, &op->index);
 }
 
-/* ... and its upper copy, made now, to change it. */
+/*
+ * ... and its upper copy, made now, to change it.  A directory node keeps
+ * an O_PATH fd on its upper copy (in data_fd, unused by directories
+ * otherwise, within the same budget of fds), so that a burst of creates
+ * does not walk the path from the upper root each time; the fd follows
+ * the directory through renames.
+ */
 static int dir_op_upper(struct lfs_fs *fs, struct dir_op *op)
 {
 	char path[PATH_MAX];
 	int r = lfs_copy_up_dir_locked(fs, op->dir);
+	int fd, expected = -1;
 
+	if (r < 0)
+		return r;
+	fd = atomic_load(&op->dir->data_fd);
+	if (fd >= 0) {
+		op->upper_fd = fd;
+		op->own_fd = false;
+		return 0;
+	}
+	r = lfs_node_path(op->dir, path, sizeof(path));
 	if (r == 0)
-		r = lfs_node_path(op->dir, path, sizeof(path));
-	if (r == 0)
-		r = op->upper_fd = lfs_upper_open_dir(&fs->upper, path);
-	return r < 0 ? r : 0;
+		r = fd = lfs_upper_open_dir(&fs->upper, path);
+	if (r < 0)
+		return r;
+	op->upper_fd = fd;
+	op->own_fd = true;
+	if (atomic_fetch_add(&fs->n_data_fds, 1) < fs->config.max_data_fds &&
+	    atomic_compare_exchange_strong(&op->dir->data_fd, &expected, fd)) {
+		op->own_fd = false;    /* the node's now */
+		return 0;
+	}
+	atomic_fetch_sub(&fs->n_data_fds, 1);
+	return 0;
 }
-
 
 static void dir_op_end(struct dir_op *op)
 {
-	if (op->upper_fd >= 0)
+	if (op->upper_fd >= 0 && op->own_fd)
 		close(op->upper_fd);
 	op->upper_fd = -1;
 }
@@ -89,6 +114,8 @@ struct make_args {
 	const char *target;       /* MAKE_SYMLINK */
 	const char *link_path;    /* MAKE_LINK: upper relpath of the source */
 	const struct lfs_cred *cred;  /* owner; NULL for links */
+	uid_t daemon_uid;             /* what objects get without a chown */
+	gid_t daemon_gid;
 };
 
 /* Make the object at dir_fd/name; MAKE_FILE returns its open fd. */
@@ -118,15 +145,22 @@ static int make_object(struct lfs_fs *fs, int dir_fd, const char *name,
 	return -EINVAL;
 }
 
+/* Whether objects made for cred need a chown: not when the daemon's own
+ * ids are the caller's (root making files for root). */
+static bool needs_owner(const struct make_args *a)
+{
+	return a->cred && (a->cred->uid != a->daemon_uid ||
+			   a->cred->gid != a->daemon_gid);
+}
+
 /* Give a new object to the caller, as the kernel would have created it:
  * the group stays the directory's where it is set-group-ID. */
 static int give_owner(int dir_fd, const char *name, const struct make_args *a,
 		      const struct stat *dir_st)
 {
-	gid_t gid = (dir_st->st_mode & S_ISGID) ? (gid_t)-1 : a->cred->gid;
-
-	if (!a->cred)
+	if (!needs_owner(a))
 		return 0;
+	gid_t gid = (dir_st->st_mode & S_ISGID) ? (gid_t)-1 : a->cred->gid;
 	if (fchownat(dir_fd, name, a->cred->uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	return 0;
@@ -140,11 +174,12 @@ static int place_object(struct lfs_fs *fs, struct dir_op *op,
 {
 	struct lfs_upper *u = &fs->upper;
 	bool over_whiteout = e && e->upper_whiteout;
-	struct stat dir_st;
+	struct stat dir_st = { 0 };
 	char tmp[32];
 	int fd, r;
 
-	if (a->cred && fstatat(op->upper_fd, "", &dir_st, AT_EMPTY_PATH) < 0)
+	if (needs_owner(a) &&
+	    fstatat(op->upper_fd, "", &dir_st, AT_EMPTY_PATH) < 0)
 		return -errno;
 	if (!over_whiteout || !u->whiteout_chardev) {
 		/* In place; an OCI ".wh.name" goes after the object is there
@@ -157,7 +192,7 @@ static int place_object(struct lfs_fs *fs, struct dir_op *op,
 		}
 		if (fd < 0)
 			return fd;
-		r = a->cred ? give_owner(op->upper_fd, name, a, &dir_st) : 0;
+		r = give_owner(op->upper_fd, name, a, &dir_st);
 		if (r == 0 && over_whiteout && a->kind == MAKE_DIR) {
 			int dfd = openat(op->upper_fd, name,
 					 O_PATH | O_DIRECTORY | O_NOFOLLOW |
@@ -184,7 +219,7 @@ static int place_object(struct lfs_fs *fs, struct dir_op *op,
 	fd = make_object(fs, u->work_fd, tmp, a);
 	if (fd < 0)
 		return fd;
-	r = a->cred ? give_owner(u->work_fd, tmp, a, &dir_st) : 0;
+	r = give_owner(u->work_fd, tmp, a, &dir_st);
 	if (r == 0 && a->kind == MAKE_DIR) {
 		int dfd = openat(u->work_fd, tmp, O_PATH | O_DIRECTORY |
 							  O_NOFOLLOW | O_CLOEXEC);
@@ -220,7 +255,7 @@ static int place_object(struct lfs_fs *fs, struct dir_op *op,
 
 /* The index and a node for the object just placed at op/name. */
 static int show_created(struct lfs_fs *fs, struct dir_op *op,
-			const char *name, uint64_t keep_ino,
+			const char *name, int fd, uint64_t keep_ino,
 			struct lfs_node **ret_node, struct stat *ret_st)
 {
 	struct lfs_entry *e;
@@ -228,7 +263,8 @@ static int show_created(struct lfs_fs *fs, struct dir_op *op,
 	struct stat st;
 	int r;
 
-	if (fstatat(op->upper_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+	if ((fd >= 0 ? fstat(fd, &st)
+		     : fstatat(op->upper_fd, name, &st, AT_SYMLINK_NOFOLLOW)) < 0)
 		return -errno;
 	r = lfs_dirindex_put_upper(op->index, name, IFTODT(st.st_mode),
 				   st.st_ino, &e);
@@ -259,6 +295,10 @@ static int create_common(struct lfs_fs *fs, struct lfs_node *parent,
 	r = check_new_name(name);
 	if (r < 0)
 		return r;
+	struct make_args args = *a;
+	args.daemon_uid = fs->upper.uid;
+	args.daemon_gid = fs->upper.gid;
+	a = &args;
 	lfs_ns_wrlock(fs);
 	r = dir_op_look(fs, parent, &op);
 	if (r < 0)
@@ -274,7 +314,8 @@ static int create_common(struct lfs_fs *fs, struct lfs_node *parent,
 	fd = r = place_object(fs, &op, name, e, a);
 	if (r < 0)
 		goto out;
-	r = show_created(fs, &op, name, keep_ino, ret_node, ret_st);
+	r = show_created(fs, &op, name, a->kind == MAKE_FILE ? fd : -1,
+			 keep_ino, ret_node, ret_st);
 	if (r < 0) {
 		/* On disk but not in the index: only ENOMEM gets here, and
 		 * the next mount shows the object. */
@@ -483,7 +524,7 @@ static int replace_with_whiteout(struct lfs_fs *fs, int dir_fd,
 static int remove_name(struct lfs_fs *fs, struct lfs_node *parent,
 		       const char *name, bool is_dir)
 {
-	struct dir_op op = { .upper_fd = -1 };
+	struct dir_op op = { .upper_fd = -1, .own_fd = false };
 	struct lfs_entry *e;
 	int r;
 

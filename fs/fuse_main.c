@@ -36,7 +36,8 @@ static void usage(FILE *out)
 		"  timeout    seconds the kernel may cache names and attributes\n"
 		"  index_cache=DIR|off  where digest-named layers' directory\n"
 		"             indexes are kept between mounts\n"
-		"  -f         stay in the foreground;  -d  log every request\n");
+		"  -f         stay in the foreground;  -d  log every request\n"
+		"  -s         serve requests on one thread\n");
 }
 
 /* 1,000 layers need 1,000 open layer roots and then some.  Returns the
@@ -313,6 +314,14 @@ static int serve(const struct lfs_options *o, struct lfs_fuse *ctx,
 	}
 	/* After the fork: threads do not survive one. */
 	lfs_fs_start_background(ctx->fs);
+	/* One thread: no hand-over between threads per request (sequential
+	 * small requests go faster), but one slow request (a cold read, a
+	 * big copy-up) holds up all the others. */
+	if (o->single_threaded) {
+		r = fuse_session_loop(se) != 0;
+		fuse_session_unmount(se);
+		goto out_signals;
+	}
 	loop = fuse_loop_cfg_create();
 	if (!loop) {
 		r = 1;

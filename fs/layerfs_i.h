@@ -267,6 +267,8 @@ struct lfs_upper {
 	atomic_bool can_copy_range; /* copy_file_range works (cleared on the
 				       first failure) */
 	bool fsync;                /* fsync copied-up data before publishing */
+	uid_t uid;                 /* the daemon's own ids: what a new object */
+	gid_t gid;                 /* gets without a chown */
 	atomic_uint tmp_seq;       /* names of work files */
 	/* Hard links of lower files (copyup.c, "Hard links"): */
 	int index_fd;              /* owned: <workdir>/index (O_PATH), or -1 */

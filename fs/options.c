@@ -293,7 +293,7 @@ int lfs_options_parse(int argc, char *const argv[], struct lfs_options *ret,
 		} else if (strcmp(a, "-d") == 0 || strcmp(a, "--debug") == 0) {
 			o.debug = o.foreground = true;
 		} else if (strcmp(a, "-s") == 0) {
-			/* single-threaded: accepted for compatibility */
+			o.single_threaded = true;
 		} else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
 			o.show_version = true;
 		} else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {

@@ -211,6 +211,8 @@ int lfs_upper_open(struct lfs_upper *u, const struct lfs_layer *upper,
 	u->root_fd = upper->root_fd;
 	u->work_fd = -1;
 	u->index_fd = -1;
+	u->uid = geteuid();
+	u->gid = getegid();
 	atomic_init(&u->tmp_seq, 0);
 	wfd = open(workdir, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (wfd < 0) {

@@ -52,6 +52,7 @@ struct lfs_options {
 	double timeout;        /* kernel cache timeout, seconds */
 	bool foreground;       /* -f */
 	bool debug;            /* -d: libfuse request log, implies -f */
+	bool single_threaded;  /* -s: serve requests on one thread */
 	bool show_version;     /* --version */
 	bool show_help;        /* -h, --help */
 	char **fuse_opts;      /* owned; mount options handed to libfuse */
