@@ -165,7 +165,7 @@ void lfs_read_origins(struct lfs_fs *fs, const char *relpath,
 		unsigned long long dev, ino;
 		ssize_t len;
 		if (e->is_whiteout || e->layer != 0 || e->ino_override ||
-		    e->type == DT_LNK || lfs_proc_path(path, dir_fd, e->name) < 0)
+		    lfs_proc_path(path, dir_fd, e->name) < 0)
 			continue;
 		len = lgetxattr(path, u->origin_xattr, value, sizeof(value) - 1);
 		if (len <= 0)
@@ -588,8 +588,8 @@ static int build_copy(struct lfs_fs *fs, uint32_t src_layer, const char *path,
 	}
 	if (r == 0)
 		r = copy_attrs(u, tmp, &st, src_proc);
-	if (r == 0 && !S_ISLNK(st.st_mode))
-		set_origin(u, tmp, &st);
+	if (r == 0)
+		set_origin(u, tmp, &st);    /* symlinks: only trusted.* */
 out:
 	if (src >= 0)
 		close(src);

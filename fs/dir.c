@@ -672,6 +672,50 @@ static int empty_upper_dir(struct lfs_fs *fs, int dir_fd, const char *name)
 	return r;
 }
 
+/*
+ * A directory moved as a whole tree holds, in its upper copy, the
+ * whiteouts that hid lower names at its old place.  At the new place
+ * nothing is below them (the directory is opaque there, or has no lower
+ * history), and kernel overlayfs shows whiteouts of such a directory as
+ * raw entries: remove them, all the way down.
+ */
+static void purge_whiteouts(struct lfs_fs *fs, int parent_fd, const char *name,
+			    struct lfs_node *node)
+{
+	int fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+						 O_CLOEXEC);
+	DIR *d;
+	struct dirent *de;
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d)) != NULL) {
+		struct lfs_classified c;
+		struct lfs_dir_marks marks = { 0 };
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (de->d_type == DT_DIR) {
+			purge_whiteouts(fs, dirfd(d), de->d_name, NULL);
+			continue;
+		}
+		if (lfs_whiteout_classify(dirfd(d), &marks, de->d_name,
+					  de->d_type, &c) == 0 &&
+		    c.kind == LFS_ENTRY_WHITEOUT)
+			unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+	/* The node's own index: no upper whiteout is left to replace. */
+	struct lfs_dirindex *index = node ? atomic_load(&node->index) : NULL;
+	if (index) {
+		struct lfs_entry *e, *tmp;
+		HASH_ITER(hh, index->by_name, e, tmp)
+			e->upper_whiteout = false;
+	}
+}
+
 struct rename_op {
 	struct lfs_node *src, *dst;       /* dst: the visible target, or NULL */
 	struct dir_op from, to;
@@ -736,6 +780,8 @@ static int do_move(struct lfs_fs *fs, struct rename_op *o)
 	eb->ino_override = o->src->ino;
 	lfs_node_move(fs, o->src, o->to.dir, eb);
 	lfs_entry_hide(o->ea, needs_whiteout);
+	if (src_is_dir)
+		purge_whiteouts(fs, o->to.upper_fd, o->newname, o->src);
 	return r;
 }
 
@@ -774,6 +820,10 @@ static int do_exchange(struct lfs_fs *fs, struct rename_op *o)
 	swap_objects(o->ea, o->eb);
 	lfs_node_move(fs, o->src, o->to.dir, o->eb);
 	lfs_node_move(fs, o->dst, o->from.dir, o->ea);
+	if (o->src->type == DT_DIR)
+		purge_whiteouts(fs, o->to.upper_fd, o->newname, o->src);
+	if (o->dst->type == DT_DIR)
+		purge_whiteouts(fs, o->from.upper_fd, o->name, o->dst);
 	return 0;
 }
 
@@ -812,8 +862,9 @@ static int rename_check(struct lfs_fs *fs, struct rename_op *o,
 		return -ENOTDIR;
 	if (!src_dir && dst_dir)
 		return -EISDIR;
-	/* Two names of one upper file: POSIX says there is nothing to do. */
-	if (!src_dir && o->ea->layer == 0 && o->eb->layer == 0 &&
+	/* Two names of one file (in the upper, or in one lower layer): POSIX
+	 * says there is nothing to do. */
+	if (!src_dir && o->ea->layer == o->eb->layer &&
 	    o->ea->real_ino == o->eb->real_ino)
 		return 1;
 	if (dst_dir) {
@@ -824,6 +875,24 @@ static int rename_check(struct lfs_fs *fs, struct rename_op *o,
 			return -ENOTEMPTY;
 	}
 	return 0;
+}
+
+/* A lower file with other names about to be replaced: copy it up (into
+ * the index) first, so that its other names count one name less, as
+ * with unlink. */
+static int copy_up_replaced_link(struct lfs_fs *fs, struct lfs_node *dir,
+				 const char *name)
+{
+	struct lfs_node *node;
+	struct stat st;
+	int r = 0;
+
+	if (fs->upper.index_fd < 0 || lfs_lookup(fs, dir, name, &node, &st) < 0)
+		return 0;
+	if (node->layer > 0 && node->type == DT_REG && st.st_nlink > 1)
+		r = lfs_copy_up(fs, node, true);
+	lfs_node_unref(fs, node, 1);
+	return r;
 }
 
 /* With the ns lock held for writing: check and carry out the rename. */
@@ -887,6 +956,8 @@ int lfs_rename(struct lfs_fs *fs, struct lfs_node *parent, const char *name,
 	r = copy_up_moved(fs, o.src);
 	if (r == 0 && o.dst)
 		r = copy_up_moved(fs, o.dst);
+	if (r == 0 && !o.dst)
+		r = copy_up_replaced_link(fs, newparent, newname);
 	if (r < 0)
 		goto out;
 
