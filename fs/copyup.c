@@ -167,6 +167,11 @@ void lfs_read_origins(struct lfs_fs *fs, const char *relpath,
 		if (e->is_whiteout || e->layer != 0 || e->ino_override ||
 		    lfs_proc_path(path, dir_fd, e->name) < 0)
 			continue;
+		/* A metadata-only copy: its data is in the layer below that
+		 * has the name (what made the copy). */
+		if (u->metacopy && e->type == DT_REG && e->lower_visible &&
+		    lgetxattr(path, u->metacopy_xattr, NULL, 0) >= 0)
+			e->data_layer = e->lower_layer;
 		len = lgetxattr(path, u->origin_xattr, value, sizeof(value) - 1);
 		if (len <= 0)
 			continue;
@@ -598,6 +603,155 @@ out:
 	return r;
 }
 
+/* ------------------------------------------------------------------ */
+/* Metadata-only copies (metacopy=on)                                  */
+
+/*
+ * A chmod, chown, utimes or xattr change of a lower regular file with one
+ * name copies only its metadata: an empty upper file of the same size
+ * (sparse), with the attributes, and the xattr overlay.metacopy saying its
+ * data is still in the lower layer below at the same path, as kernel
+ * overlayfs writes with metacopy=on.  The data follows on the first change
+ * that needs it (open for writing, truncate, rename, link): copied into
+ * the upper file in place, synced, and only then the mark removed, so a
+ * crash leaves the lower data showing, never a half-filled file.
+ */
+static int fill_data(struct lfs_fs *fs, struct lfs_node *node, bool with_data)
+{
+	struct lfs_upper *u = &fs->upper;
+	char path[PATH_MAX], proc[PATH_MAX];
+	uint32_t data_layer;
+	int src = -1, dst = -1, r;
+	struct stat st;
+
+	lfs_ns_rdlock(fs);
+	data_layer = node->data_layer;
+	r = data_layer == 0 ? 1 : node->is_orphan ? -ESTALE
+			  : lfs_node_path(node, path, sizeof(path));
+	lfs_ns_unlock(fs);
+	if (r != 0)
+		return r < 0 ? r : 0;
+	dst = openat(u->root_fd, path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (dst < 0)
+		return -errno;
+	if (with_data) {
+		src = openat(fs->stack->layers[data_layer].root_fd, path,
+			     O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		r = src < 0 ? -errno : fstat(src, &st) < 0 ? -errno : 0;
+		if (r == 0)
+			r = copy_data(u, src, dst, st.st_size);
+	} else {
+		r = ftruncate(dst, 0) < 0 ? -errno : 0;
+	}
+	if (r == 0 && u->fsync && fsync(dst) < 0)
+		r = -errno;
+	if (r == 0)
+		r = lfs_proc_path(proc, u->root_fd, path);
+	if (r == 0 && lremovexattr(proc, u->metacopy_xattr) < 0 &&
+	    errno != ENODATA)
+		r = -errno;
+	if (src >= 0)
+		close(src);
+	close(dst);
+	if (r < 0)
+		return r;
+	lfs_ns_wrlock(fs);
+	node->data_layer = 0;
+	if (!node->is_orphan)
+		node->entry->data_layer = 0;
+	lfs_ns_unlock(fs);
+	return 0;
+}
+
+/* Build work/tmp as a metadata-only copy of the file at path in layer
+ * src_layer (lst: its attributes). */
+static int build_meta_copy(struct lfs_fs *fs, uint32_t src_layer,
+			   const char *path, const char *tmp,
+			   const struct stat *lst)
+{
+	struct lfs_upper *u = &fs->upper;
+	char src_proc[PATH_MAX], dst_proc[PATH_MAX];
+	int fd, r;
+
+	r = lfs_proc_path(src_proc, fs->stack->layers[src_layer].root_fd, path);
+	if (r == 0)
+		r = lfs_proc_path(dst_proc, u->work_fd, tmp);
+	if (r < 0)
+		return r;
+	fd = openat(u->work_fd, tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC,
+		    0600);
+	if (fd < 0)
+		return -errno;
+	r = ftruncate(fd, lst->st_size) < 0 ? -errno : 0;
+	close(fd);
+	if (r == 0 && lsetxattr(dst_proc, u->metacopy_xattr, "", 0, 0) < 0)
+		r = -errno;
+	if (r == 0)
+		r = copy_attrs(u, tmp, lst, src_proc);
+	if (r == 0)
+		set_origin(u, tmp, lst);
+	return r;
+}
+
+int lfs_copy_up_meta(struct lfs_fs *fs, struct lfs_node *node)
+{
+	struct lfs_upper *u = &fs->upper;
+	char path[PATH_MAX], tmp[32];
+	struct stat lst, upper_st;
+	uint32_t src_layer;
+	int r;
+
+	if (!fs->writable)
+		return -EROFS;
+	if (!u->metacopy || node->type != DT_REG)
+		return lfs_copy_up(fs, node, true);
+	pthread_mutex_lock(&node->copyup_mu);
+	lfs_ns_wrlock(fs);
+	r = node->is_orphan ? -ESTALE : 0;
+	if (r == 0 && node->layer == 0)
+		goto unlock;    /* copied up already, with or without data */
+	if (r == 0)
+		r = lfs_copy_up_dir_locked(fs, node->parent);
+	if (r == 0)
+		r = lfs_node_path(node, path, sizeof(path));
+	src_layer = node->layer;
+	lfs_ns_unlock(fs);
+	if (r == 0 && fstatat(fs->stack->layers[src_layer].root_fd, path, &lst,
+			      AT_SYMLINK_NOFOLLOW) < 0)
+		r = -errno;
+	if (r == 0 && lst.st_nlink > 1) {
+		/* Hard links take the index's way: a full copy. */
+		pthread_mutex_unlock(&node->copyup_mu);
+		return lfs_copy_up(fs, node, true);
+	}
+	if (r < 0)
+		goto out;
+	lfs_upper_tmpname(u, tmp);
+	r = build_meta_copy(fs, src_layer, path, tmp, &lst);
+	lfs_ns_wrlock(fs);
+	if (r == 0 && node->is_orphan)
+		r = -ESTALE;
+	if (r == 0)
+		r = lfs_node_path(node, path, sizeof(path));
+	if (r == 0)
+		r = publish(fs, tmp, path, &upper_st);
+	if (r == 0)
+		r = mark_copied_up(fs, node, &upper_st);
+	else
+		unlinkat(u->work_fd, tmp, 0);
+	if (r == 0) {
+		node->data_layer = src_layer;
+		node->entry->data_layer = src_layer;
+		lfs_count(fs, LFS_C_COPYUPS, 1);
+		lfs_count(fs, LFS_C_COPYUP_META, 1);
+	}
+unlock:
+	lfs_ns_unlock(fs);
+out:
+	pthread_mutex_unlock(&node->copyup_mu);
+	return r;
+}
+
 int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data)
 {
 	struct lfs_upper *u = &fs->upper;
@@ -621,8 +775,14 @@ int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data)
 	pthread_mutex_lock(&node->copyup_mu);
 	lfs_ns_wrlock(fs);
 	r = node->is_orphan ? -ESTALE : 0;
-	if (r == 0 && node->layer == 0)
-		goto unlock;    /* copied up already */
+	if (r == 0 && node->layer == 0) {
+		/* Copied up already; a metadata-only copy gets its data. */
+		bool meta = node->data_layer != 0;
+		lfs_ns_unlock(fs);
+		if (meta)
+			r = fill_data(fs, node, with_data);
+		goto out;
+	}
 	if (r == 0)
 		r = lfs_copy_up_dir_locked(fs, node->parent);
 	if (r == 0)
@@ -658,7 +818,6 @@ int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data)
 			  (t1.tv_sec - t0.tv_sec) * 1000000000LL +
 				  (t1.tv_nsec - t0.tv_nsec));
 	}
-unlock:
 	lfs_ns_unlock(fs);
 out:
 	pthread_mutex_unlock(&node->copyup_mu);

@@ -341,6 +341,7 @@ int lfs_dirindex_put_upper(struct lfs_dirindex *index, const char *name,
 	e->real_ino = real_ino;
 	e->stat_rec = NULL;
 	e->ino_override = 0;
+	e->data_layer = 0;
 	e->merge_limit = 0;
 	e->dir_layers.n = 0;
 	if (type == DT_DIR) {
@@ -377,6 +378,7 @@ void lfs_entry_hide(struct lfs_entry *e, bool upper_whiteout)
 	e->upper_whiteout = upper_whiteout;
 	e->layer = 0;
 	e->ino_override = 0;
+	e->data_layer = 0;
 	e->stat_rec = NULL;
 	e->dir_layers.n = 0;
 	e->node = NULL;

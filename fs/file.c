@@ -33,7 +33,9 @@ static bool changes_data(int flags)
 static int open_object(struct lfs_fs *fs, struct lfs_node *node, int flags)
 {
 	char path[PATH_MAX];
-	int dir_fd = node_layer_fd(fs, node), r, fd;
+	/* Reads of a metadata-only copy come from the layer with the data. */
+	int dir_fd = fs->stack->layers[lfs_node_data_layer(node)].root_fd;
+	int r, fd;
 
 	if (node->is_orphan) {
 		if (node->orphan_fd < 0)

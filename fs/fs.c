@@ -60,6 +60,7 @@ static int fs_init_upper(struct lfs_fs *fs, struct lfs_stack *stack,
 	if (r < 0)
 		return r;
 	fs->upper.fsync = !fs->config.no_fsync;
+	fs->upper.metacopy = fs->config.metacopy && fs->upper.metacopy_xattr;
 	pthread_rwlockattr_init(&attr);
 	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_READER_NP);
 	pthread_rwlock_init(&fs->ns_lock, &attr);

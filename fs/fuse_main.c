@@ -33,6 +33,7 @@ static void usage(FILE *out)
 		"  upperdir   writable layer (with workdir on the same filesystem)\n"
 		"  whiteout=chardev|oci|auto  how removals are written\n"
 		"  fsync=0    do not sync copied-up data before publishing it\n"
+		"  metacopy=on  chmod/chown/utimes/xattrs copy no data\n"
 		"  timeout    seconds the kernel may cache names and attributes\n"
 		"  index_cache=DIR|off  where digest-named layers' directory\n"
 		"             indexes are kept between mounts\n"
@@ -433,6 +434,7 @@ int main(int argc, char *argv[])
 			.workdir = opts.workdir,
 			.whiteout = whiteout_format(&opts),
 			.no_fsync = !opts.fsync,
+			.metacopy = opts.metacopy,
 			.max_data_fds = data_fd_budget(fd_limit, stack->n_layers),
 			.index_cache_dir = index_cache_dir(&opts,
 							   &cache_dir_owned),

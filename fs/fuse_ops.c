@@ -438,7 +438,7 @@ static int handle_new(fuse_req_t req, struct lfs_node *node, int fd,
 		return -ENOMEM;
 	atomic_init(&h->fd, fd);
 	atomic_init(&h->old_fd, -1);
-	h->lower = lfs_node_layer(node) != 0;
+	h->lower = lfs_node_data_layer(node) != 0;
 	*ret_fh = (uint64_t)(uintptr_t)h;
 	lfs_stats_open_file(ctx(req)->fs, 1);
 	return 0;
@@ -469,7 +469,7 @@ static int handle_fd(fuse_req_t req, fuse_ino_t ino, uint64_t fh)
 		return (int)fh;
 	fd = atomic_load(&h->fd);
 	if (!h->lower || atomic_load(&h->old_fd) >= 0 ||
-	    lfs_node_layer(node_of(req, ino)) != 0)
+	    lfs_node_data_layer(node_of(req, ino)) != 0)
 		return fd;
 	/* Copied up since this open: reopen the upper copy, once. */
 	int upper = lfs_open(ctx(req)->fs, node_of(req, ino), O_RDONLY);

@@ -2,8 +2,8 @@
  * inode.c - changes to an object's attributes and xattrs.
  *
  * A change to a lower object copies it up first, then changes the upper
- * copy.  No metadata-only copy-up yet: a chmod of a lower file copies its
- * data too (README.md, "Writing", says why and what it costs).
+ * copy: with metacopy=on, its metadata only unless the change is to its
+ * size (copyup.c, "Metadata-only copies").
  *
  * An orphan (a removed name the kernel still holds) is changed through
  * its O_PATH fd; a removed lower object cannot be copied up any more.
@@ -42,8 +42,10 @@ static int upper_target(struct lfs_fs *fs, struct lfs_node *node,
 	return lfs_node_path(node, t->path, sizeof(t->path));
 }
 
+/* Copy node up for a change: its data too only if the change is to the
+ * data (a size), else its metadata alone where the mount allows it. */
 static int copy_up_for_change(struct lfs_fs *fs, struct lfs_node *node,
-			      bool with_data)
+			      bool data_change, bool with_data)
 {
 	if (!fs->writable)
 		return -EROFS;
@@ -51,7 +53,8 @@ static int copy_up_for_change(struct lfs_fs *fs, struct lfs_node *node,
 	 * not at all (lower, ESTALE below). */
 	if (node->is_orphan)
 		return 0;
-	return lfs_copy_up(fs, node, with_data);
+	return data_change ? lfs_copy_up(fs, node, with_data)
+			   : lfs_copy_up_meta(fs, node);
 }
 
 static int set_size(const struct target *t, off_t size, int fd)
@@ -126,7 +129,7 @@ int lfs_setattr(struct lfs_fs *fs, struct lfs_node *node,
 
 	if ((to_set & LFS_SET_SIZE) && node->type == DT_DIR)
 		return -EISDIR;
-	r = copy_up_for_change(fs, node, !truncates);
+	r = copy_up_for_change(fs, node, to_set & LFS_SET_SIZE, !truncates);
 	if (r < 0)
 		return r;
 	lfs_ns_rdlock(fs);
@@ -149,7 +152,7 @@ static int xattr_change(struct lfs_fs *fs, struct lfs_node *node,
 
 	if (lfs_xattr_is_private(name))
 		return -EOPNOTSUPP;
-	r = copy_up_for_change(fs, node, true);
+	r = copy_up_for_change(fs, node, false, true);
 	if (r < 0)
 		return r;
 	lfs_ns_rdlock(fs);

@@ -131,6 +131,8 @@ struct lfs_entry {
 				  upper silent: removing it needs a whiteout */
 	uint32_t lower_layer;  /* the layer that decided lower_visible, or 0 */
 	uint64_t ino_override; /* reported st_ino kept across a copy-up, or 0 */
+	uint32_t data_layer;   /* a metadata-only upper copy: the lower layer
+				  holding the data (same path), else 0 */
 	char name[];
 };
 
@@ -205,6 +207,8 @@ struct lfs_node {
 	bool is_orphan;            /* its name was removed or replaced while
 				      the kernel still knew it */
 	int orphan_fd;             /* orphan: O_PATH on its object, or -1 */
+	uint32_t data_layer;       /* metadata-only copy: where the data is
+				      (same path), else 0; see copyup.c */
 	struct lfs_node *orphan_next, *orphan_prev;  /* fs->orphans list */
 };
 
@@ -277,6 +281,9 @@ struct lfs_upper {
 				      its lower names not yet copied up */
 	const char *origin_xattr;  /* static: where a copy records the lower
 				      object it came from, or NULL */
+	const char *metacopy_xattr; /* static: marks a metadata-only copy
+				       (kernel overlayfs's name), or NULL */
+	bool metacopy;             /* make metadata-only copies */
 };
 
 int lfs_upper_open(struct lfs_upper *u, const struct lfs_layer *upper,
@@ -297,6 +304,9 @@ int lfs_upper_open_dir(const struct lfs_upper *u, const char *relpath);
  * with_data is false (open O_TRUNC, truncate to 0).  Takes the locks it
  * needs: the caller holds no ns lock. */
 int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data);
+/* Copy node's metadata up without its data where the mount allows it
+ * (metacopy=on, a regular file with one name), else as lfs_copy_up. */
+int lfs_copy_up_meta(struct lfs_fs *fs, struct lfs_node *node);
 /* The same for directories, with the ns lock held for writing. */
 int lfs_copy_up_dir_locked(struct lfs_fs *fs, struct lfs_node *dir);
 /* Copy up dir and everything visible below it, so that the upper copy

@@ -134,6 +134,7 @@ int lfs_node_get_child(struct lfs_fs *fs, struct lfs_node *parent,
 	child->layer = entry->layer;
 	child->type = entry->type;
 	child->stat_rec = entry->stat_rec;
+	child->data_layer = entry->data_layer;
 	child->ino = lfs_entry_ino(fs, entry);
 	child->refs = 1;
 	if (entry->type == DT_DIR)
@@ -326,6 +327,11 @@ int lfs_node_path(const struct lfs_node *node, char *buf, size_t size)
 uint32_t lfs_node_layer(const struct lfs_node *node)
 {
 	return node->layer;
+}
+
+uint32_t lfs_node_data_layer(const struct lfs_node *node)
+{
+	return node->data_layer ? node->data_layer : node->layer;
 }
 
 bool lfs_node_is_dir(const struct lfs_node *node)

@@ -225,6 +225,12 @@ static int parse_one(struct lfs_options *o, const char *opt,
 		}
 		return set_string(&o->whiteout, value);
 	}
+	if (KEY_IS("metacopy")) {
+		if (!value || (strcmp(value, "on") != 0 && strcmp(value, "off") != 0))
+			return fail(err, "option metacopy: needs =on or =off");
+		o->metacopy = value[1] == 'n';
+		return 0;
+	}
 	if (KEY_IS("fsync")) {
 		if (!value || (strcmp(value, "0") != 0 && strcmp(value, "1") != 0))
 			return fail(err, "option fsync: needs =0 or =1");

@@ -264,6 +264,9 @@ int lfs_upper_open(struct lfs_upper *u, const struct lfs_layer *upper,
 	u->origin_xattr = !u->opaque_xattr ? NULL
 			  : trusted ? "trusted.overlay.layerfs.origin"
 				    : "user.overlay.layerfs.origin";
+	u->metacopy_xattr = !u->opaque_xattr ? NULL
+			    : trusted ? "trusted.overlay.metacopy"
+				      : "user.overlay.metacopy";
 	open_index(u, workdir);
 	probe_copy(u, lower);
 	u->fsync = true;

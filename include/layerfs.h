@@ -49,6 +49,7 @@ struct lfs_options {
 	char *whiteout;        /* owned; whiteout=chardev|oci, or NULL: the
 				  best the upper allows (probed at mount) */
 	bool fsync;            /* fsync=0 turns off syncing copied-up data */
+	bool metacopy;         /* metacopy=on: metadata-only copy-ups */
 	double timeout;        /* kernel cache timeout, seconds */
 	bool foreground;       /* -f */
 	bool debug;            /* -d: libfuse request log, implies -f */
@@ -136,6 +137,8 @@ struct lfs_fs_config {
 				 on the same filesystem */
 	enum lfs_whiteout_format whiteout;
 	bool no_fsync;        /* do not fsync copied-up data (fsync=0) */
+	bool metacopy;        /* chmod/chown/utimes/xattrs of a lower file
+				 copy its metadata only (metacopy=on) */
 	unsigned max_data_fds;  /* budget of cached per-node data fds */
 	const char *index_cache_dir;  /* borrowed; NULL: no layer index cache */
 };
@@ -179,6 +182,9 @@ void lfs_node_ref(struct lfs_fs *fs, struct lfs_node *node);
 
 /* The layer index providing node (0 = top-most) and its type (DT_*). */
 uint32_t lfs_node_layer(const struct lfs_node *node);
+/* The layer holding node's data: its own, or for a metadata-only upper
+ * copy (metacopy=on) the lower one still holding it. */
+uint32_t lfs_node_data_layer(const struct lfs_node *node);
 bool lfs_node_is_dir(const struct lfs_node *node);
 
 /* The node's path relative to every layer root ("." for the root).

@@ -103,12 +103,41 @@ static int container_image(const struct store *s, const char *name,
 	return r;
 }
 
+/* The image's layer directories, top-most first (owned array). */
+static int image_layer_dirs(const struct store *s, json_t *config,
+			    char ***ret, size_t *ret_n, char err[ERRLEN])
+{
+	char (*diff)[HEXLEN + 1] = NULL;
+	size_t n = 0;
+	int r = config_diff_ids(config, &diff, &n, err);
+	char **dirs = r == 0 ? calloc(n + 1, sizeof(*dirs)) : NULL;
+
+	if (r == 0 && !dirs)
+		r = -ENOMEM;
+	for (size_t i = 0; r == 0 && i < n; i++)
+		if (!(dirs[i] = store_path(s, "layers/sha256/%s",
+					   diff[n - 1 - i])))
+			r = -ENOMEM;
+	free(diff);
+	if (r < 0) {
+		for (size_t i = 0; dirs && i < n; i++)
+			free(dirs[i]);
+		free(dirs);
+		return r;
+	}
+	*ret = dirs;
+	*ret_n = n;
+	return 0;
+}
+
 int cmd_commit(struct store *s, int argc, char **argv)
 {
 	const char *name = NULL, *tag = NULL, *message = NULL;
 	char err[ERRLEN] = "", id[HEXLEN + 1], diff[HEXLEN + 1];
 	char new_id[HEXLEN + 1];
 	char *upper = NULL, *staging = NULL, *tar = NULL, *text = NULL;
+	char **lowers = NULL;
+	size_t n_lowers = 0;
 	json_t *config = NULL;
 	long long size = 0;
 	size_t len = 0;
@@ -144,7 +173,9 @@ int cmd_commit(struct store *s, int argc, char **argv)
 	if (r == 0 && !(tar = path_join(staging, "layer.tar")))
 		r = -ENOMEM;
 	if (r == 0)
-		r = tar_upper_layer(upper, tar, diff, &size, err);
+		r = image_layer_dirs(s, config, &lowers, &n_lowers, err);
+	if (r == 0)
+		r = tar_upper_layer(upper, lowers, n_lowers, tar, diff, &size, err);
 	if (r == 0 && !(text = new_config(config, diff, message, &len, err)))
 		r = -EINVAL;
 	if (r == 0)
@@ -154,6 +185,9 @@ int cmd_commit(struct store *s, int argc, char **argv)
 	if (r == -ENOMEM)
 		snprintf(err, ERRLEN, "out of memory");
 	json_decref(config);
+	for (size_t i = 0; i < n_lowers; i++)
+		free(lowers[i]);
+	free(lowers);
 	free(text);
 	free(tar);
 	free(upper);

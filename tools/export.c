@@ -103,7 +103,10 @@ struct walk {
 	bool upper;             /* a container's upper dir (commit.c): its
 				   whiteouts and opaque marks become OCI
 				   ".wh." entries, overlay xattrs are left
-				   out */
+				   out, metadata-only copies get their data
+				   from lowers */
+	char *const *lowers;    /* upper: the image's layer dirs, top first */
+	size_t n_lowers;
 	struct link_seen *links;
 	size_t n_links, cap_links;
 	char *err;
@@ -258,13 +261,55 @@ fail:;
 	return -e2;
 }
 
+/* Is the upper file dirfd/name a metadata-only copy (metacopy=on), whose
+ * data is still in a lower layer at the same path? */
+static bool is_metacopy(int dirfd, const char *name)
+{
+	char proc[PATH_MAX];
+	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	bool meta;
+
+	if (fd < 0)
+		return false;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	meta = getxattr(proc, "trusted.overlay.metacopy", NULL, 0) >= 0 ||
+	       getxattr(proc, "user.overlay.metacopy", NULL, 0) >= 0;
+	close(fd);
+	return meta;
+}
+
+/* Open the data of a metadata-only copy: the top-most lower layer with a
+ * regular file at rel. */
+static int open_lower_data(struct walk *w, const char *rel)
+{
+	for (size_t i = 0; i < w->n_lowers; i++) {
+		int dir = open(w->lowers[i], O_PATH | O_DIRECTORY | O_CLOEXEC);
+		int fd = dir < 0 ? -1 : openat(dir, rel, O_RDONLY | O_NOFOLLOW |
+							 O_CLOEXEC);
+		struct stat st;
+		if (dir >= 0)
+			close(dir);
+		if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+			return fd;
+		if (fd >= 0)
+			close(fd);
+	}
+	snprintf(w->err, ERRLEN, "%s: %s: metadata-only copy whose data is in "
+		 "no lower layer", w->what, rel);
+	return -ENOENT;
+}
+
 static int write_data(struct walk *w, int dirfd, const char *name,
 		      const char *rel, long long size)
 {
 	char buf[1 << 16];
-	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	int fd = w->upper && is_metacopy(dirfd, name)
+			 ? open_lower_data(w, rel)
+			 : openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	long long done = 0;
 
+	if (fd == -ENOENT)
+		return fd;
 	if (fd < 0) {
 		snprintf(w->err, ERRLEN, "%s: %s: %s", w->what, rel,
 			 strerror(errno));
@@ -467,12 +512,12 @@ static int walk_dir(struct walk *w, int dirfd, const char *prefix)
  * hex, if given, receives the sha256 of the tar; size its length.
  */
 static int tar_any(const char *src, const char *dest, const char *what,
-		   bool plain, bool upper, char hex[HEXLEN + 1], long long *size,
-		   char err[ERRLEN])
+		   bool plain, bool upper, char *const *lowers, size_t n_lowers,
+		   char hex[HEXLEN + 1], long long *size, char err[ERRLEN])
 {
 	struct sink k = { .fd = -1 };
 	struct walk w = { .what = what, .plain = plain, .upper = upper,
-			  .err = err };
+			  .lowers = lowers, .n_lowers = n_lowers, .err = err };
 	int dirfd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	int r = 0;
 
@@ -536,13 +581,15 @@ static int tar_tree(const char *src, const char *dest, const char *what,
 		    bool plain, char hex[HEXLEN + 1], long long *size,
 		    char err[ERRLEN])
 {
-	return tar_any(src, dest, what, plain, false, hex, size, err);
+	return tar_any(src, dest, what, plain, false, NULL, 0, hex, size, err);
 }
 
-int tar_upper_layer(const char *upper, const char *dest, char hex[HEXLEN + 1],
-		    long long *size, char err[ERRLEN])
+int tar_upper_layer(const char *upper, char *const *lowers, size_t n_lowers,
+		    const char *dest, char hex[HEXLEN + 1], long long *size,
+		    char err[ERRLEN])
 {
-	return tar_any(upper, dest, "upper", false, true, hex, size, err);
+	return tar_any(upper, dest, "upper", false, true, lowers, n_lowers, hex,
+		       size, err);
 }
 
 /* ---- the image's parts ------------------------------------------------ */

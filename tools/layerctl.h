@@ -105,9 +105,12 @@ int tarsplit_rebuild(const char *skeleton, const char *layer_dir, int out_fd,
 
 /* Tar a container's upper directory as an OCI layer (export's canonical
  * form, whiteouts and opaque marks as ".wh." entries, overlay xattrs left
- * out) into dest; hex gets its sha256 (the new layer's diff_id). */
-int tar_upper_layer(const char *upper, const char *dest, char hex[HEXLEN + 1],
-		    long long *size, char err[ERRLEN]);
+ * out, the data of metadata-only copies from lowers, the image's layer
+ * directories top first) into dest; hex gets its sha256 (the new layer's
+ * diff_id). */
+int tar_upper_layer(const char *upper, char *const *lowers, size_t n_lowers,
+		    const char *dest, char hex[HEXLEN + 1], long long *size,
+		    char err[ERRLEN]);
 /* Enter an image into the store: config bytes (its id is their sha256),
  * whose diff_ids are all in the store but the last, the layer tar
  * new_layer; tag may be NULL.  All or nothing, under the store lock. */
@@ -130,6 +133,7 @@ int cmd_rm(struct store *s, int argc, char **argv);        /* maintain.c */
 int cmd_gc(struct store *s, int argc, char **argv);        /* maintain.c */
 int cmd_verify(struct store *s, int argc, char **argv);    /* maintain.c */
 int cmd_commit(struct store *s, int argc, char **argv);    /* commit.c */
+int cmd_bench(struct store *s, int argc, char **argv);     /* bench.c */
 
 /* Print "layerctl: <verb>: <msg>" to stderr; returns 1 (the exit code). */
 int fail_verb(const char *verb, const char *msg);

@@ -192,6 +192,7 @@ int cmd_mount(struct store *s, int argc, char **argv)
 {
 	const char *image = NULL, *mnt = NULL, *name = NULL;
 	bool read_only = false;
+	const char *extra = NULL;    /* -o: more layerfs options */
 	char err[ERRLEN] = "", id[HEXLEN + 1];
 	char (*diff)[HEXLEN + 1] = NULL;
 	size_t n = 0;
@@ -202,13 +203,16 @@ int cmd_mount(struct store *s, int argc, char **argv)
 			name = argv[++i];
 		else if (!strcmp(argv[i], "--read-only"))
 			read_only = true;
+		else if (!strcmp(argv[i], "-o") && i + 1 < argc)
+			extra = argv[++i];
 		else if (!image)
 			image = argv[i];
 		else if (!mnt)
 			mnt = argv[i];
 		else
 			return fail_verb("mount", "usage: layerctl mount IMAGE "
-					 "MOUNTPOINT [--name C] [--read-only]");
+					 "MOUNTPOINT [--name C] [--read-only] "
+					 "[-o LAYERFS_OPTIONS]");
 	}
 	if (!image || !mnt)
 		return fail_verb("mount", "usage: layerctl mount IMAGE MOUNTPOINT "
@@ -254,9 +258,11 @@ int cmd_mount(struct store *s, int argc, char **argv)
 		}
 	}
 	if (!lower ||
-	    (upper ? asprintf(&opts, "lowerdir=%s,upperdir=%s,workdir=%s", lower,
-			      upper, work)
-		   : asprintf(&opts, "lowerdir=%s", lower)) < 0) {
+	    (upper ? asprintf(&opts, "lowerdir=%s,upperdir=%s,workdir=%s%s%s",
+			      lower, upper, work, extra ? "," : "",
+			      extra ? extra : "")
+		   : asprintf(&opts, "lowerdir=%s%s%s", lower, extra ? "," : "",
+			      extra ? extra : "")) < 0) {
 		opts = NULL;
 		snprintf(err, ERRLEN, "out of memory");
 		r = -ENOMEM;
