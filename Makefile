@@ -20,7 +20,7 @@ TOOL_LIBS   := $(shell pkg-config --libs libarchive jansson libcrypto 2>/dev/nul
 # util-linux mount, fuse-overlayfs peer) and benchmarks.
 DEB_PKGS := gcc make pkg-config libfuse3-dev fuse3 uthash-dev libssl-dev \
             libarchive-dev libjansson-dev python3 attr fuse-overlayfs util-linux \
-            e2fsprogs zstd umoci
+            e2fsprogs zstd umoci podman runc skopeo busybox-static uidmap
 DEPS_STAMP := build/.deps-ok
 
 # The union core: no FUSE in it (enforced by `core-is-fuse-free`).
