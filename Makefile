@@ -20,14 +20,14 @@ TOOL_LIBS   := $(shell pkg-config --libs libarchive jansson libcrypto 2>/dev/nul
 # util-linux mount, fuse-overlayfs peer) and benchmarks.
 DEB_PKGS := gcc make pkg-config libfuse3-dev fuse3 uthash-dev libssl-dev \
             libarchive-dev libjansson-dev python3 attr fuse-overlayfs util-linux \
-            e2fsprogs zstd umoci podman runc skopeo busybox-static uidmap
+            e2fsprogs zstd umoci podman runc skopeo busybox-static uidmap acl
 DEPS_STAMP := build/.deps-ok
 
 # The union core: no FUSE in it (enforced by `core-is-fuse-free`).
 CORE_SRCS := fs/layer.c fs/whiteout.c fs/dirindex.c fs/node.c fs/lookup.c \
              fs/readdir.c fs/inomap.c fs/options.c fs/pathbuf.c fs/fs.c \
              fs/file.c fs/xattr.c fs/layercache.c fs/explain.c \
-             fs/upper.c fs/copyup.c fs/dir.c fs/inode.c fs/stats.c
+             fs/upper.c fs/copyup.c fs/dir.c fs/inode.c fs/stats.c fs/owner.c
 FUSE_SRCS := fs/fuse_ops.c fs/fuse_main.c
 CORE_OBJS := $(CORE_SRCS:%.c=build/%.o)
 FUSE_OBJS := $(FUSE_SRCS:%.c=build/%.o)

@@ -116,6 +116,8 @@ struct make_args {
 	const struct lfs_cred *cred;  /* owner; NULL for links */
 	uid_t daemon_uid;             /* what objects get without a chown */
 	gid_t daemon_gid;
+	/* xattr_permissions: the owner and mode go into an xattr */
+	const struct lfs_owner_policy *override;
 };
 
 /* Make the object at dir_fd/name; MAKE_FILE returns its open fd. */
@@ -149,18 +151,31 @@ static int make_object(struct lfs_fs *fs, int dir_fd, const char *name,
  * ids are the caller's (root making files for root). */
 static bool needs_owner(const struct make_args *a)
 {
-	return a->cred && (a->cred->uid != a->daemon_uid ||
+	return a->cred && (a->override || a->cred->uid != a->daemon_uid ||
 			   a->cred->gid != a->daemon_gid);
 }
 
 /* Give a new object to the caller, as the kernel would have created it:
- * the group stays the directory's where it is set-group-ID. */
+ * the group stays the directory's where it is set-group-ID.  With
+ * xattr_permissions the owner and the mode asked for are recorded in the
+ * override xattr (symlinks have none: they show the daemon's ids). */
 static int give_owner(int dir_fd, const char *name, const struct make_args *a,
 		      const struct stat *dir_st)
 {
 	if (!needs_owner(a))
 		return 0;
 	gid_t gid = (dir_st->st_mode & S_ISGID) ? (gid_t)-1 : a->cred->gid;
+	if (a->override) {
+		char path[PATH_MAX];
+		if (a->kind == MAKE_SYMLINK || a->kind == MAKE_LINK)
+			return 0;
+		if (gid == (gid_t)-1)
+			gid = dir_st->st_gid;
+		int r = lfs_proc_path(path, dir_fd, name);
+		return r < 0 ? r : lfs_owner_write_override(a->override, path,
+							    false, a->cred->uid,
+							    gid, a->mode);
+	}
 	if (fchownat(dir_fd, name, a->cred->uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	return 0;
@@ -275,6 +290,7 @@ static int show_created(struct lfs_fs *fs, struct dir_op *op,
 	if (r < 0)
 		return r;
 	st.st_ino = node->ino;
+	lfs_present_stat(fs, op->upper_fd, name, &st);
 	*ret_node = node;
 	*ret_st = st;
 	return 0;
@@ -296,8 +312,23 @@ static int create_common(struct lfs_fs *fs, struct lfs_node *parent,
 	if (r < 0)
 		return r;
 	struct make_args args = *a;
+	struct lfs_cred disk_cred;
 	args.daemon_uid = fs->upper.uid;
 	args.daemon_gid = fs->upper.gid;
+	if (a->cred && fs->config.owner) {
+		/* The caller's ids as they go to disk. */
+		disk_cred = *a->cred;
+		/* A creator no map covers gets the daemon's own ids, as
+		 * the kernel gives an unmapped creator the overflow id. */
+		if (lfs_owner_to_disk(fs->config.owner, &disk_cred.uid,
+				      &disk_cred.gid) < 0) {
+			disk_cred.uid = fs->upper.uid;
+			disk_cred.gid = fs->upper.gid;
+		}
+		args.cred = &disk_cred;
+		args.override = fs->config.owner->override_xattr ? fs->config.owner
+								 : NULL;
+	}
 	a = &args;
 	lfs_ns_wrlock(fs);
 	r = dir_op_look(fs, parent, &op);

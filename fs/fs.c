@@ -56,7 +56,8 @@ static int fs_init_upper(struct lfs_fs *fs, struct lfs_stack *stack,
 	}
 	r = lfs_upper_open(&fs->upper, &stack->layers[0],
 			   stack->n_layers > 1 ? &stack->layers[1] : NULL,
-			   fs->config.workdir, fs->config.whiteout, err);
+			   fs->config.workdir, fs->config.whiteout,
+			   fs->config.volatile_upper, err);
 	if (r < 0)
 		return r;
 	fs->upper.fsync = !fs->config.no_fsync;

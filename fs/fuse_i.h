@@ -14,6 +14,9 @@ struct lfs_fuse {
 	struct lfs_fs *fs;       /* owned by fuse_main.c */
 	double timeout;          /* entry, attribute and negative caching */
 	bool read_only;
+	bool writeback;          /* writeback=1: the kernel's write cache */
+	bool acl;                /* POSIX ACLs enforced by the kernel (when
+				    it can): creates apply the umask */
 	/* Answer OPEN and OPENDIR with ENOSYS so the kernel stops sending
 	 * them (and their RELEASEs), keeping pages and listings cached.
 	 * Decided at mount: only a read-only merge can do without handles. */

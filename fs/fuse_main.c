@@ -318,7 +318,7 @@ static int serve(const struct lfs_options *o, struct lfs_fuse *ctx,
 	/* One thread: no hand-over between threads per request (sequential
 	 * small requests go faster), but one slow request (a cold read, a
 	 * big copy-up) holds up all the others. */
-	if (o->single_threaded) {
+	if (o->single_threaded || !o->threaded) {
 		r = fuse_session_loop(se) != 0;
 		fuse_session_unmount(se);
 		goto out_signals;
@@ -428,13 +428,31 @@ int main(int argc, char *argv[])
 	if (r == 0 && opts.upperdir)
 		stack->layers[0].digest[0] = '\0';
 	char *cache_dir_owned = NULL;
+	struct lfs_owner_policy owner = { .squash_uid = -1, .squash_gid = -1 };
+	bool has_owner = false;
+	if (r == 0)
+		r = lfs_owner_policy_init(&owner, &opts, &has_owner, err);
+	if (r == 0 && (has_owner || opts.volatile_upper || opts.writeback) &&
+	    !opts.upperdir && owner.override_xattr) {
+		snprintf(err, sizeof(err), "xattr_permissions needs an upperdir");
+		r = -EINVAL;
+	}
+	if (r < 0 && stack) {
+		lfs_stack_free(stack);
+		stack = NULL;
+	}
 	if (r == 0) {
 		struct lfs_fs_config config = {
 			.read_only = !opts.upperdir,
 			.workdir = opts.workdir,
 			.whiteout = whiteout_format(&opts),
-			.no_fsync = !opts.fsync,
+			.no_fsync = !opts.fsync || opts.volatile_upper,
 			.metacopy = opts.metacopy,
+			.owner = has_owner ? &owner : NULL,
+			.static_nlink = opts.static_nlink,
+			.noxattrs = opts.noxattrs,
+			.noacl = opts.noacl,
+			.volatile_upper = opts.volatile_upper,
 			.max_data_fds = data_fd_budget(fd_limit, stack->n_layers),
 			.index_cache_dir = index_cache_dir(&opts,
 							   &cache_dir_owned),
@@ -451,6 +469,8 @@ int main(int argc, char *argv[])
 	}
 	ctx.timeout = opts.timeout;
 	ctx.read_only = !opts.upperdir;
+	ctx.writeback = opts.writeback && opts.upperdir;
+	ctx.acl = !opts.noacl && !opts.noxattrs;
 	/* Objects get exactly the mode the caller asked for (the kernel has
 	 * applied the caller's umask already). */
 	umask(0);
@@ -458,6 +478,7 @@ int main(int argc, char *argv[])
 	int report_fd = opts.foreground ? -1 : daemonize();
 	r = serve(&opts, &ctx, report_fd);
 	lfs_fs_free(ctx.fs);
+	lfs_owner_policy_free(&owner);
 	lfs_options_free(&opts);
 	return r;
 }

@@ -185,6 +185,14 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO;
+	/* ACLs: the kernel checks them (default_permissions) and leaves the
+	 * umask to us, as an ACL may say otherwise. */
+	f->acl = f->acl && (conn->capable & FUSE_CAP_POSIX_ACL);
+	if (f->acl)
+		conn->want |= FUSE_CAP_POSIX_ACL;
+	f->writeback = f->writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE);
+	if (f->writeback)
+		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
 	/* Layers never change behind our back: no invalidation on mtime.
 	 * A writable mount needs it for hard links (see attr_timeout). */
 	if (f->read_only)
@@ -409,6 +417,15 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_err(req, 0);
 }
 
+/* With the writeback cache the kernel reads pages of files opened for
+ * writing only: open them read-write. */
+static int open_flags(fuse_req_t req, int flags)
+{
+	if (ctx(req)->writeback && (flags & O_ACCMODE) == O_WRONLY)
+		flags = (flags & ~O_ACCMODE) | O_RDWR;
+	return flags;
+}
+
 /*
  * Open file handles.  On a read-only mount the handle is the fd.  On a
  * writable one it is a struct open_file: a file opened for reading in a
@@ -493,7 +510,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, ENOSYS);
 		return;
 	}
-	fd = lfs_open(ctx(req)->fs, node_of(req, ino), fi->flags);
+	fd = lfs_open(ctx(req)->fs, node_of(req, ino), open_flags(req, fi->flags));
 	if (fd < 0) {
 		reply_err(req, fd);
 		return;
@@ -709,6 +726,17 @@ static struct lfs_cred cred_of(fuse_req_t req)
 	return (struct lfs_cred){ .uid = c->uid, .gid = c->gid };
 }
 
+/* The mode of a new object: with ACLs on, the kernel leaves the caller's
+ * umask to us (an ACL default of the parent would override it; layerfs
+ * applies the umask regardless, the stricter choice). */
+static mode_t new_mode(fuse_req_t req, mode_t mode)
+{
+	if (!ctx(req)->acl)
+		return mode;
+	return mode & ~(fuse_req_ctx(req)->umask & 0777);
+}
+
+
 /* Reply to a request that made a new name: its node and attributes. */
 static void reply_new_entry(fuse_req_t req, int r, struct lfs_node *node,
 			    const struct stat *st)
@@ -762,8 +790,8 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct lfs_cred c = cred_of(req);
 	struct lfs_node *node = NULL;
 	struct stat st;
-	int r = lfs_mknod(ctx(req)->fs, node_of(req, parent), name, mode, rdev,
-			  &c, &node, &st);
+	int r = lfs_mknod(ctx(req)->fs, node_of(req, parent), name,
+			  new_mode(req, mode), rdev, &c, &node, &st);
 
 	reply_new_entry(req, r, node, &st);
 }
@@ -775,8 +803,8 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct lfs_cred c = cred_of(req);
 	struct lfs_node *node = NULL;
 	struct stat st;
-	int r = lfs_mkdir(ctx(req)->fs, node_of(req, parent), name, mode, &c,
-			  &node, &st);
+	int r = lfs_mkdir(ctx(req)->fs, node_of(req, parent), name,
+			  new_mode(req, mode), &c, &node, &st);
 
 	reply_new_entry(req, r, node, &st);
 }
@@ -836,8 +864,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param e;
 	struct lfs_node *node;
 	struct stat st;
-	int fd = lfs_create(f->fs, node_of(req, parent), name, mode, fi->flags,
-			    &c, &node, &st);
+	int fd = lfs_create(f->fs, node_of(req, parent), name,
+			    new_mode(req, mode), open_flags(req, fi->flags), &c,
+			    &node, &st);
 
 	if (fd < 0) {
 		reply_err(req, fd);

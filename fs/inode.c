@@ -85,12 +85,52 @@ static struct timespec time_arg(unsigned to_set, unsigned set_bit,
 	return (struct timespec){ .tv_nsec = UTIME_OMIT };
 }
 
-static int apply_attrs(const struct target *t, const struct stat *attr,
+/* xattr_permissions: owner and mode go to the override xattr, starting
+ * from what it (or the object) says now. */
+static int override_attrs(const struct lfs_owner_policy *p,
+			  const struct target *t, const struct stat *attr,
+			  unsigned to_set)
+{
+	char path[PATH_MAX];
+	bool follow = t->dir_fd == AT_FDCWD;
+	struct stat st;
+	int r;
+
+	if (follow)
+		snprintf(path, sizeof(path), "%s", t->path);
+	else if ((r = lfs_proc_path(path, t->dir_fd, t->path)) < 0)
+		return r;
+	if ((follow ? stat(path, &st) : lstat(path, &st)) < 0)
+		return -errno;
+	lfs_owner_read_override(p, path, follow, &st);
+	if (to_set & LFS_SET_UID)
+		st.st_uid = attr->st_uid;
+	if (to_set & LFS_SET_GID)
+		st.st_gid = attr->st_gid;
+	if (to_set & LFS_SET_MODE)
+		st.st_mode = attr->st_mode;
+	return lfs_owner_write_override(p, path, follow, st.st_uid, st.st_gid,
+					st.st_mode);
+}
+
+static int apply_attrs(const struct lfs_owner_policy *owner,
+		       const struct target *t, const struct stat *attr,
 		       unsigned to_set, int fd, bool is_link)
 {
+	const unsigned perms = LFS_SET_UID | LFS_SET_GID | LFS_SET_MODE;
+
+	if (owner && owner->override_xattr && (to_set & perms) && !is_link) {
+		int r = override_attrs(owner, t, attr, to_set);
+		if (r < 0)
+			return r;
+		to_set &= ~perms;
+	}
 	if (to_set & (LFS_SET_UID | LFS_SET_GID)) {
 		uid_t uid = (to_set & LFS_SET_UID) ? attr->st_uid : (uid_t)-1;
 		gid_t gid = (to_set & LFS_SET_GID) ? attr->st_gid : (gid_t)-1;
+		int r = owner ? lfs_owner_to_disk(owner, &uid, &gid) : 0;
+		if (r < 0)
+			return r;
 		if (fchownat(t->dir_fd, t->path, uid, gid, t->nofollow) < 0)
 			return -errno;
 	}
@@ -135,7 +175,8 @@ int lfs_setattr(struct lfs_fs *fs, struct lfs_node *node,
 	lfs_ns_rdlock(fs);
 	r = upper_target(fs, node, &t);
 	if (r == 0)
-		r = apply_attrs(&t, attr, to_set, fd, node->type == DT_LNK);
+		r = apply_attrs(fs->config.owner, &t, attr, to_set, fd,
+				node->type == DT_LNK);
 	if (r == 0)
 		r = lfs_getattr_locked(fs, node, ret_st);
 	lfs_ns_unlock(fs);
@@ -150,7 +191,8 @@ static int xattr_change(struct lfs_fs *fs, struct lfs_node *node,
 	struct target t;
 	int r;
 
-	if (lfs_xattr_is_private(name))
+	if (lfs_xattr_is_private(name) || fs->config.noxattrs ||
+	    (fs->config.noacl && lfs_xattr_is_acl(name)))
 		return -EOPNOTSUPP;
 	r = copy_up_for_change(fs, node, false, true);
 	if (r < 0)

@@ -241,6 +241,10 @@ int lfs_lookup_locked(struct lfs_fs *fs, struct lfs_node *parent,
 		      struct stat *ret_st);
 int lfs_getattr_locked(struct lfs_fs *fs, struct lfs_node *node,
 		       struct stat *ret_st);
+/* Attributes as the mount shows them (ownership options, static_nlink):
+ * the object is rel under dir_fd ("" rel: dir_fd's own object). */
+void lfs_present_stat(struct lfs_fs *fs, int dir_fd, const char *rel,
+		      struct stat *st);
 
 /* ------------------------------------------------------------------ */
 /* inomap.c: reported inode numbers                                    */
@@ -284,11 +288,14 @@ struct lfs_upper {
 	const char *metacopy_xattr; /* static: marks a metadata-only copy
 				       (kernel overlayfs's name), or NULL */
 	bool metacopy;             /* make metadata-only copies */
+	bool volatile_marked;      /* work/incompat/volatile is ours to remove
+				      at a clean unmount */
 };
 
 int lfs_upper_open(struct lfs_upper *u, const struct lfs_layer *upper,
 		   const struct lfs_layer *lower, const char *workdir,
-		   enum lfs_whiteout_format format, char err[LFS_ERRLEN]);
+		   enum lfs_whiteout_format format, bool volatile_upper,
+		   char err[LFS_ERRLEN]);
 void lfs_upper_close(struct lfs_upper *u);
 /* A fresh name for a file in the work directory. */
 void lfs_upper_tmpname(struct lfs_upper *u, char buf[32]);
@@ -334,6 +341,23 @@ void lfs_read_origins(struct lfs_fs *fs, const char *relpath,
 /* Copy the xattrs of src_path to dst_path (both /proc paths), but the
  * private ones. */
 int lfs_copy_xattrs(const char *src_path, const char *dst_path);
+
+/* ------------------------------------------------------------------ */
+/* owner.c: ids as the mount shows them (the policy is in layerfs.h)   */
+
+/* Ids on disk -> ids shown (maps, overflow id, squash). */
+void lfs_owner_show(const struct lfs_owner_policy *p, struct stat *st);
+/* Ids the caller gave -> ids on disk ((uid_t)-1 stays); -EINVAL for an
+ * id no map covers. */
+int lfs_owner_to_disk(const struct lfs_owner_policy *p, uid_t *uid,
+		      gid_t *gid);
+/* xattr_permissions: owner and mode from the override xattr of path, if
+ * it has one (true). */
+bool lfs_owner_read_override(const struct lfs_owner_policy *p,
+			     const char *path, bool follow, struct stat *st);
+int lfs_owner_write_override(const struct lfs_owner_policy *p,
+			     const char *path, bool follow, uid_t uid,
+			     gid_t gid, mode_t mode);
 
 /* ------------------------------------------------------------------ */
 /* stats.c: live counters, one block per thread                        */

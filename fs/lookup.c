@@ -35,6 +35,23 @@ static bool is_merged_dir(struct lfs_fs *fs, struct lfs_node *node)
 	return index->n_layers_read > 1;
 }
 
+void lfs_present_stat(struct lfs_fs *fs, int dir_fd, const char *rel,
+		      struct stat *st)
+{
+	const struct lfs_owner_policy *owner = fs->config.owner;
+	char path[PATH_MAX];
+
+	if (owner) {
+		/* xattr_permissions: owner and mode as recorded, if they are */
+		if (owner->override_xattr &&
+		    lfs_proc_path(path, dir_fd, rel) == 0)
+			lfs_owner_read_override(owner, path, !*rel, st);
+		lfs_owner_show(owner, st);
+	}
+	if (fs->config.static_nlink && S_ISDIR(st->st_mode))
+		st->st_nlink = 1;
+}
+
 /* Attributes of the object that node's top-most layer provides. */
 static int node_stat(struct lfs_fs *fs, struct lfs_node *node,
 		     struct stat *ret_st)
@@ -68,6 +85,17 @@ static int node_stat(struct lfs_fs *fs, struct lfs_node *node,
 		st.st_nlink = 1;
 	else if (fs->writable && node->layer == 0 && st.st_nlink > 1)
 		lfs_fix_indexed_nlink(fs, node, path, &st);
+	if (fs->config.owner || fs->config.static_nlink) {
+		/* The path was not needed for recorded attributes. */
+		if (node->is_orphan)
+			lfs_present_stat(fs, node->orphan_fd, "", &st);
+		else if (node->stat_rec &&
+			 lfs_node_path(node, path, sizeof(path)) < 0)
+			return -ENAMETOOLONG;
+		else
+			lfs_present_stat(fs, fs->stack->layers[node->layer].root_fd,
+					 path, &st);
+	}
 	*ret_st = st;
 	return 0;
 }

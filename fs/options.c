@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,11 +221,62 @@ static int parse_one(struct lfs_options *o, const char *opt,
 				    "or =auto");
 		if (strcmp(value, "auto") == 0) {
 			free(o->whiteout);
+	free(o->uidmapping);
+	free(o->gidmapping);
 			o->whiteout = NULL;
 			return 0;
 		}
 		return set_string(&o->whiteout, value);
 	}
+	if (KEY_IS("uidmapping") || KEY_IS("gidmapping")) {
+		if (!value || !*value)
+			return fail(err, "option %.*s: needs =DISK:SHOWN:LEN",
+				    (int)keylen, opt);
+		return set_string(KEY_IS("uidmapping") ? &o->uidmapping
+						       : &o->gidmapping, value);
+	}
+	if (KEY_IS("squash_to_uid") || KEY_IS("squash_to_gid")) {
+		char *end;
+		long v = value ? strtol(value, &end, 10) : -1;
+		if (!value || !*value || *end || v < 0 || v > 0xfffffffeL)
+			return fail(err, "option %.*s: needs =ID", (int)keylen,
+				    opt);
+		*(KEY_IS("squash_to_uid") ? &o->squash_to_uid
+					  : &o->squash_to_gid) = v;
+		return 0;
+	}
+	if (KEY_IS("xattr_permissions")) {
+		if (!value || strlen(value) != 1 || value[0] < '0' ||
+		    value[0] > '2')
+			return fail(err, "option xattr_permissions: needs =0, =1 "
+				    "or =2");
+		o->xattr_permissions = value[0] - '0';
+		return 0;
+	}
+	if (KEY_IS("threaded") || KEY_IS("writeback")) {
+		bool on = !value || strcmp(value, "0") != 0;
+		if (value && strcmp(value, "0") != 0 && strcmp(value, "1") != 0)
+			return fail(err, "option %.*s: needs =0 or =1",
+				    (int)keylen, opt);
+		*(KEY_IS("threaded") ? &o->threaded : &o->writeback) = on;
+		return 0;
+	}
+	static const struct {
+		const char *name;
+		size_t offset;
+	} flags[] = {
+		{ "squash_to_root", offsetof(struct lfs_options, squash_to_root) },
+		{ "static_nlink", offsetof(struct lfs_options, static_nlink) },
+		{ "noacl", offsetof(struct lfs_options, noacl) },
+		{ "noxattrs", offsetof(struct lfs_options, noxattrs) },
+		{ "volatile", offsetof(struct lfs_options, volatile_upper) },
+	};
+	for (size_t i = 0; i < sizeof(flags) / sizeof(*flags); i++)
+		if (!value && keylen == strlen(flags[i].name) &&
+		    strncmp(opt, flags[i].name, keylen) == 0) {
+			*(bool *)((char *)o + flags[i].offset) = true;
+			return 0;
+		}
 	if (KEY_IS("metacopy")) {
 		if (!value || (strcmp(value, "on") != 0 && strcmp(value, "off") != 0))
 			return fail(err, "option metacopy: needs =on or =off");
@@ -280,7 +332,9 @@ static int check_complete(const struct lfs_options *o, char err[LFS_ERRLEN])
 int lfs_options_parse(int argc, char *const argv[], struct lfs_options *ret,
 		      char err[LFS_ERRLEN])
 {
-	struct lfs_options o = { .timeout = DEFAULT_TIMEOUT, .fsync = true };
+	struct lfs_options o = { .timeout = DEFAULT_TIMEOUT, .fsync = true,
+				 .threaded = true, .squash_to_uid = -1,
+				 .squash_to_gid = -1 };
 	const char *positional[2];
 	int n_positional = 0;
 	int r = 0;
@@ -338,5 +392,7 @@ void lfs_options_free(struct lfs_options *o)
 	free(o->mountpoint);
 	free(o->index_cache);
 	free(o->whiteout);
+	free(o->uidmapping);
+	free(o->gidmapping);
 	memset(o, 0, sizeof(*o));
 }

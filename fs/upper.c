@@ -30,6 +30,7 @@
 
 #define WORK_SUBDIR "work"
 #define INDEX_SUBDIR "index"
+#define VOLATILE_MARK "incompat/volatile"
 
 void lfs_upper_tmpname(struct lfs_upper *u, char buf[32])
 {
@@ -202,7 +203,8 @@ static void open_index(struct lfs_upper *u, const char *workdir)
 
 int lfs_upper_open(struct lfs_upper *u, const struct lfs_layer *upper,
 		   const struct lfs_layer *lower, const char *workdir,
-		   enum lfs_whiteout_format format, char err[LFS_ERRLEN])
+		   enum lfs_whiteout_format format, bool volatile_upper,
+		   char err[LFS_ERRLEN])
 {
 	struct stat wst;
 	int wfd, r;
@@ -239,8 +241,26 @@ int lfs_upper_open(struct lfs_upper *u, const struct lfs_layer *upper,
 			    O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	r = u->work_fd < 0 ? -errno : 0;
 	close(wfd);
+	/* A volatile mount marks its upper (kernel overlayfs's mark, so either
+	 * refuses the other's dirty upper) until it is unmounted cleanly:
+	 * without syncs, a crash may have left the upper half written. */
+	struct stat vst;
+	if (r == 0 && fstatat(u->work_fd, VOLATILE_MARK, &vst,
+			      AT_SYMLINK_NOFOLLOW) == 0) {
+		snprintf(err, LFS_ERRLEN, "upperdir %s was mounted volatile and "
+			 "not unmounted cleanly: its contents may be incomplete "
+			 "(remove %s/%s/%s to use it anyway)", upper->path,
+			 workdir, WORK_SUBDIR, VOLATILE_MARK);
+		lfs_upper_close(u);
+		return -EINVAL;
+	}
 	if (r == 0)
 		r = clean_work(u);
+	if (r == 0 && volatile_upper &&
+	    ((mkdirat(u->work_fd, "incompat", 0700) < 0 && errno != EEXIST) ||
+	     mkdirat(u->work_fd, VOLATILE_MARK, 0700) < 0))
+		r = -errno;
+	u->volatile_marked = r == 0 && volatile_upper;
 	if (r < 0) {
 		snprintf(err, LFS_ERRLEN, "workdir %s/%s: %s", workdir,
 			 WORK_SUBDIR, strerror(-r));
@@ -275,6 +295,12 @@ int lfs_upper_open(struct lfs_upper *u, const struct lfs_layer *upper,
 
 void lfs_upper_close(struct lfs_upper *u)
 {
+	/* A clean unmount: the volatile mark goes. */
+	if (u->volatile_marked && u->work_fd >= 0) {
+		unlinkat(u->work_fd, VOLATILE_MARK, AT_REMOVEDIR);
+		unlinkat(u->work_fd, "incompat", AT_REMOVEDIR);
+	}
+	u->volatile_marked = false;
 	if (u->work_fd >= 0)
 		close(u->work_fd);
 	if (u->index_fd >= 0)

@@ -16,7 +16,15 @@ static const char *const private_prefixes[] = {
 	"trusted.overlay.",
 	"user.overlay.",
 	"user.fuseoverlayfs.",    /* an upper written by fuse-overlayfs */
+	/* xattr_permissions' records of owner and mode (owner.c) */
+	"security.fuseoverlayfs.override_stat",
+	"user.containers.override_stat",
 };
+
+bool lfs_xattr_is_acl(const char *name)
+{
+	return strncmp(name, "system.posix_acl_", 17) == 0;
+}
 
 bool lfs_xattr_is_private(const char *name)
 {
@@ -59,7 +67,10 @@ ssize_t lfs_getxattr(struct lfs_fs *fs, struct lfs_node *node,
 	ssize_t len;
 	int r;
 
-	if (lfs_xattr_is_private(name))
+	if (fs->config.noxattrs)
+		return -EOPNOTSUPP;
+	if (lfs_xattr_is_private(name) ||
+	    (fs->config.noacl && lfs_xattr_is_acl(name)))
 		return -ENODATA;
 	r = node_proc_path(fs, node, path, &follow);
 	if (r < 0)
@@ -69,14 +80,16 @@ ssize_t lfs_getxattr(struct lfs_fs *fs, struct lfs_node *node,
 	return len < 0 ? -errno : len;
 }
 
-/* Drop the private names from a list of NUL-terminated names, in place. */
-static size_t filter_private(char *list, size_t len)
+/* Drop the private names (and ACLs with noacl) from a list of
+ * NUL-terminated names, in place. */
+static size_t filter_private(char *list, size_t len, bool noacl)
 {
 	size_t out = 0;
 
 	for (size_t in = 0; in < len;) {
 		size_t n = strnlen(list + in, len - in) + 1;
-		if (!lfs_xattr_is_private(list + in)) {
+		if (!lfs_xattr_is_private(list + in) &&
+		    !(noacl && lfs_xattr_is_acl(list + in))) {
 			memmove(list + out, list + in, n);
 			out += n;
 		}
@@ -92,7 +105,11 @@ ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
 	char *buf = NULL;
 	bool follow;
 	ssize_t len;
-	int r = node_proc_path(fs, node, path, &follow);
+	int r;
+
+	if (fs->config.noxattrs)
+		return -EOPNOTSUPP;
+	r = node_proc_path(fs, node, path, &follow);
 
 	if (r < 0)
 		return r;
@@ -123,7 +140,7 @@ ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
 			return r;
 		}
 	}
-	len = (ssize_t)filter_private(buf, (size_t)len);
+	len = (ssize_t)filter_private(buf, (size_t)len, fs->config.noacl);
 	if (size > 0) {
 		if ((size_t)len > size)
 			len = -ERANGE;

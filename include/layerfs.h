@@ -50,6 +50,19 @@ struct lfs_options {
 				  best the upper allows (probed at mount) */
 	bool fsync;            /* fsync=0 turns off syncing copied-up data */
 	bool metacopy;         /* metacopy=on: metadata-only copy-ups */
+	/* Ownership and engine options, as fuse-overlayfs spells them: */
+	char *uidmapping;      /* owned: "DISK:SHOWN:LEN[:DISK:SHOWN:LEN...]" */
+	char *gidmapping;      /* owned: the same for groups */
+	bool squash_to_root;   /* every object shows owner 0:0 */
+	long squash_to_uid;    /* every object shows this uid, or -1 */
+	long squash_to_gid;    /* ... this gid, or -1 */
+	bool static_nlink;     /* directories report st_nlink 1 */
+	bool noacl;            /* no POSIX ACLs (hidden, not enforced) */
+	bool noxattrs;         /* no xattrs at all through the mount */
+	int xattr_permissions; /* 0, or 1/2: owner and mode kept in an xattr */
+	bool volatile_upper;   /* volatile: no syncs; a dirty upper refused */
+	bool threaded;         /* threaded=0 serves on one thread (like -s) */
+	bool writeback;        /* writeback=1: the kernel's writeback cache */
 	double timeout;        /* kernel cache timeout, seconds */
 	bool foreground;       /* -f */
 	bool debug;            /* -d: libfuse request log, implies -f */
@@ -73,6 +86,35 @@ void lfs_options_free(struct lfs_options *opts);
 
 /* Split "a:b\:c" into {"a", "b:c"}; empty elements are an error (-EINVAL). */
 int lfs_split_lowerdir(const char *spec, char ***ret_dirs, size_t *ret_n);
+
+/* ------------------------------------------------------------------ */
+/* owner.c: who owns what, as the mount shows it                       */
+
+struct lfs_id_range {
+	uint32_t disk, shown, len;
+};
+
+/* Decided once at mount from the ownership options.  Ids on disk are
+ * shown through the maps (unmapped ones as the overflow id 65534), then
+ * squashed; ids the caller gives (chown, the creator) go back through the
+ * maps to disk.  With xattr_permissions, owner and mode live in an xattr
+ * instead (for stores where chown is impossible). */
+struct lfs_owner_policy {
+	struct lfs_id_range *uids, *gids;   /* owned */
+	size_t n_uids, n_gids;
+	long squash_uid, squash_gid;        /* -1: none */
+	const char *override_xattr;         /* static, or NULL */
+};
+
+/* Fill ret from the options; err names a bad mapping.  ret is set to all
+ * "as on disk" when no option asks for anything (then has_any is false). */
+int lfs_owner_policy_init(struct lfs_owner_policy *ret,
+			  const struct lfs_options *o, bool *has_any,
+			  char err[LFS_ERRLEN]);
+void lfs_owner_policy_free(struct lfs_owner_policy *p);
+/* Parse "D:S:L[:D:S:L...]"; -EINVAL on anything else. */
+int lfs_parse_id_map(const char *spec, struct lfs_id_range **ret,
+		     size_t *ret_n);
 
 /* ------------------------------------------------------------------ */
 /* layer.c: the layer stack                                            */
@@ -139,6 +181,13 @@ struct lfs_fs_config {
 	bool no_fsync;        /* do not fsync copied-up data (fsync=0) */
 	bool metacopy;        /* chmod/chown/utimes/xattrs of a lower file
 				 copy its metadata only (metacopy=on) */
+	const struct lfs_owner_policy *owner;  /* borrowed; NULL: ids as on
+						  disk (see owner.c) */
+	bool static_nlink;    /* directories report st_nlink 1 */
+	bool noxattrs;        /* every xattr call is ENOTSUP */
+	bool noacl;           /* system.posix_acl_* hidden */
+	bool volatile_upper;  /* refuse an upper a volatile mount left dirty;
+				 mark this one until a clean unmount */
 	unsigned max_data_fds;  /* budget of cached per-node data fds */
 	const char *index_cache_dir;  /* borrowed; NULL: no layer index cache */
 };
@@ -222,6 +271,8 @@ ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
 		      size_t size);
 /* True for the xattrs layerfs keeps to itself (overlay whiteout/opaque...). */
 bool lfs_xattr_is_private(const char *name);
+/* True for POSIX ACLs (system.posix_acl_*). */
+bool lfs_xattr_is_acl(const char *name);
 
 /* ------------------------------------------------------------------ */
 /* dir.c, inode.c: changes, which land in the upper layer               */

@@ -224,10 +224,61 @@ TEST(options_collect_unknown_options)
 		       "xattr_permissions=2",
 		       "/mnt", NULL));
 	CHECK_STR(join(t, o->unknown_opts, o->n_unknown_opts),
-		  "context=\"system_u:object_r:container_file_t:s0:c1 | c2\" | "
-		  "volatile | xattr_permissions=2");
+		  "context=\"system_u:object_r:container_file_t:s0:c1 | c2\"");
 	CHECK_STR(join(t, o->lowerdirs, o->n_lowerdirs), "/a");
 	CHECK_INT(o->n_fuse_opts, 0);
+	/* The engine options layerfs knows are taken, not warned about. */
+	CHECK(o->volatile_upper);
+	CHECK_INT(o->xattr_permissions, 2);
+}
+
+TEST(options_parse_ownership_options)
+{
+	char err[LFS_ERRLEN] = "";
+	struct lfs_options *o;
+
+	CHECK_OK(parse(t, &o, err, "-o",
+		       "lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,"
+		       "gidmapping=0:1000:1,squash_to_uid=7,squash_to_gid=8,"
+		       "static_nlink,noacl,noxattrs,threaded=0,writeback=1",
+		       "/mnt", NULL));
+	CHECK_STR(o->uidmapping, "0:1000:1:1:100000:65536");
+	CHECK_STR(o->gidmapping, "0:1000:1");
+	CHECK_INT(o->squash_to_uid, 7);
+	CHECK_INT(o->squash_to_gid, 8);
+	CHECK(o->static_nlink && o->noacl && o->noxattrs && !o->threaded &&
+	      o->writeback);
+	CHECK_INT(o->n_unknown_opts, 0);
+}
+
+TEST(options_refuse_bad_ownership_values)
+{
+	char err[LFS_ERRLEN] = "";
+	struct lfs_options *o;
+
+	CHECK_ERR(parse(t, &o, err, "-o", "lowerdir=/a,xattr_permissions=3",
+			"/mnt", NULL), EINVAL);
+	CHECKF(t_contains(err, "xattr_permissions"), "err: %s", err);
+	CHECK_ERR(parse(t, &o, err, "-o", "lowerdir=/a,squash_to_uid=x",
+			"/mnt", NULL), EINVAL);
+	CHECKF(t_contains(err, "squash_to_uid"), "err: %s", err);
+}
+
+TEST(id_maps_parse_triples_and_refuse_the_rest)
+{
+	struct lfs_id_range *v;
+	size_t n;
+
+	CHECK_OK(lfs_parse_id_map("0:1000:1:1:100000:65536", &v, &n));
+	CHECK_INT(n, 2);
+	CHECK_INT(v[1].disk, 1);
+	CHECK_INT(v[1].shown, 100000);
+	CHECK_INT(v[1].len, 65536);
+	free(v);
+	CHECK_ERR(lfs_parse_id_map("0:1000", &v, &n), EINVAL);
+	CHECK_ERR(lfs_parse_id_map("0:1000:0", &v, &n), EINVAL);
+	CHECK_ERR(lfs_parse_id_map("a:b:c", &v, &n), EINVAL);
+	CHECK_ERR(lfs_parse_id_map("", &v, &n), EINVAL);
 }
 
 TEST(options_collect_fuse_mount_options)
