@@ -340,6 +340,26 @@ static int mark_copied_up(struct lfs_fs *fs, struct lfs_node *node,
 	return 0;
 }
 
+/* With the ns lock held for writing: publish work/tmp, built with result
+ * r, as node's upper copy (or throw it away). */
+static int publish_copy(struct lfs_fs *fs, struct lfs_node *node,
+		       const char *tmp, int r)
+{
+	char path[PATH_MAX];
+	struct stat upper_st;
+
+	if (r == 0 && node->is_orphan)
+		r = -ESTALE;    /* removed meanwhile: nothing to publish */
+	if (r == 0)
+		r = lfs_node_path(node, path, sizeof(path));
+	if (r == 0)
+		r = publish(fs, tmp, path, &upper_st);
+	if (r == 0)
+		return mark_copied_up(fs, node, &upper_st);
+	unlinkat(fs->upper.work_fd, tmp, 0);
+	return r;
+}
+
 /* ------------------------------------------------------------------ */
 /* Directories                                                         */
 
@@ -697,7 +717,7 @@ int lfs_copy_up_meta(struct lfs_fs *fs, struct lfs_node *node)
 {
 	struct lfs_upper *u = &fs->upper;
 	char path[PATH_MAX], tmp[32];
-	struct stat lst, upper_st;
+	struct stat lst;
 	uint32_t src_layer;
 	int r;
 
@@ -729,16 +749,7 @@ int lfs_copy_up_meta(struct lfs_fs *fs, struct lfs_node *node)
 	lfs_upper_tmpname(u, tmp);
 	r = build_meta_copy(fs, src_layer, path, tmp, &lst);
 	lfs_ns_wrlock(fs);
-	if (r == 0 && node->is_orphan)
-		r = -ESTALE;
-	if (r == 0)
-		r = lfs_node_path(node, path, sizeof(path));
-	if (r == 0)
-		r = publish(fs, tmp, path, &upper_st);
-	if (r == 0)
-		r = mark_copied_up(fs, node, &upper_st);
-	else
-		unlinkat(u->work_fd, tmp, 0);
+	r = publish_copy(fs, node, tmp, r);
 	if (r == 0) {
 		node->data_layer = src_layer;
 		node->entry->data_layer = src_layer;
@@ -756,7 +767,6 @@ int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data)
 {
 	struct lfs_upper *u = &fs->upper;
 	char path[PATH_MAX], tmp[32];
-	struct stat upper_st;
 	uint32_t src_layer;
 	int r;
 
@@ -798,16 +808,7 @@ int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data)
 	r = build_any_copy(fs, src_layer, path, tmp, with_data);
 
 	lfs_ns_wrlock(fs);
-	if (r == 0 && node->is_orphan)
-		r = -ESTALE;    /* removed meanwhile: nothing to publish */
-	if (r == 0)
-		r = lfs_node_path(node, path, sizeof(path));
-	if (r == 0)
-		r = publish(fs, tmp, path, &upper_st);
-	if (r == 0)
-		r = mark_copied_up(fs, node, &upper_st);
-	else
-		unlinkat(u->work_fd, tmp, 0);
+	r = publish_copy(fs, node, tmp, r);
 	if (r == 0) {
 		clock_gettime(CLOCK_MONOTONIC, &t1);
 		lfs_count(fs, LFS_C_COPYUPS, 1);

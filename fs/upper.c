@@ -37,52 +37,12 @@ void lfs_upper_tmpname(struct lfs_upper *u, char buf[32])
 	snprintf(buf, 32, "#lfs.%u", atomic_fetch_add(&u->tmp_seq, 1));
 }
 
-int lfs_upper_remove_tree(int dir_fd, const char *name)
+/* Remove everything inside the directory name of dir_fd ("." for
+ * dir_fd itself); the first error is returned, the rest still tried. */
+static int remove_entries(int dir_fd, const char *name)
 {
-	int fd, r = 0;
-	DIR *dir;
-	struct dirent *de;
-
-	if (unlinkat(dir_fd, name, 0) == 0)
-		return 0;
-	if (errno == ENOENT)
-		return 0;
-	if (errno != EISDIR && errno != EPERM)
-		return -errno;
-	fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-				      O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	dir = fdopendir(fd);
-	if (!dir) {
-		close(fd);
-		return -ENOMEM;
-	}
-	while ((de = readdir(dir)) != NULL) {
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		int rr = lfs_upper_remove_tree(dirfd(dir), de->d_name);
-		if (rr < 0 && r == 0)
-			r = rr;
-	}
-	closedir(dir);
-	if (r == 0 && unlinkat(dir_fd, name, AT_REMOVEDIR) < 0)
-		r = -errno;
-	return r;
-}
-
-int lfs_upper_open_dir(const struct lfs_upper *u, const char *relpath)
-{
-	int fd = openat(u->root_fd, relpath,
-			O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-
-	return fd < 0 ? -errno : fd;
-}
-
-/* Empty the work directory: anything there is a crash's leftover. */
-static int clean_work(struct lfs_upper *u)
-{
-	int fd = openat(u->work_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+					      O_CLOEXEC);
 	DIR *dir;
 	struct dirent *de;
 	int r = 0;
@@ -103,6 +63,34 @@ static int clean_work(struct lfs_upper *u)
 	}
 	closedir(dir);
 	return r;
+}
+
+int lfs_upper_remove_tree(int dir_fd, const char *name)
+{
+	int r;
+
+	if (unlinkat(dir_fd, name, 0) == 0 || errno == ENOENT)
+		return 0;
+	if (errno != EISDIR && errno != EPERM)
+		return -errno;
+	r = remove_entries(dir_fd, name);
+	if (r == 0 && unlinkat(dir_fd, name, AT_REMOVEDIR) < 0)
+		r = -errno;
+	return r;
+}
+
+int lfs_upper_open_dir(const struct lfs_upper *u, const char *relpath)
+{
+	int fd = openat(u->root_fd, relpath,
+			O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+/* Empty the work directory: anything there is a crash's leftover. */
+static int clean_work(struct lfs_upper *u)
+{
+	return remove_entries(u->work_fd, ".");
 }
 
 static bool probe_chardev_whiteout(struct lfs_upper *u)
