@@ -432,11 +432,6 @@ int main(int argc, char *argv[])
 	bool has_owner = false;
 	if (r == 0)
 		r = lfs_owner_policy_init(&owner, &opts, &has_owner, err);
-	if (r == 0 && (has_owner || opts.volatile_upper || opts.writeback) &&
-	    !opts.upperdir && owner.override_xattr) {
-		snprintf(err, sizeof(err), "xattr_permissions needs an upperdir");
-		r = -EINVAL;
-	}
 	if (r < 0 && stack) {
 		lfs_stack_free(stack);
 		stack = NULL;

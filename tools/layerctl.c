@@ -35,6 +35,7 @@ static const struct verb verbs[] = {
 	{ "gc", cmd_gc, false, "gc" },
 	{ "verify", cmd_verify, false, "verify IMAGE..." },
 	{ "commit", cmd_commit, false, "commit CONTAINER NAME:TAG [--message TEXT]" },
+	{ "bench", cmd_bench, true, "bench [--layers N,N] [--json] [--plot FILE.svg] ... (bench --help)" },
 };
 
 int fail_verb(const char *verb, const char *msg)

@@ -48,6 +48,7 @@ import test_rootless              # noqa: E402,F401
 import test_kernel                  # noqa: E402,F401
 import test_write  # noqa: E402,F401
 import test_write_random  # noqa: E402,F401
+import test_layerctl_bench  # noqa: E402,F401
 
 
 def kernel_overlay_works(base):
