@@ -3,17 +3,22 @@
  * or an OCI image layout into the layer store.
  *
  * Order of work, so that a bad input changes nothing:
- *   1. an archive is unpacked into a staging directory (libarchive, with
- *      its guards against "..", absolute names and writing through
- *      symlinks);
- *   2. the manifest is read into a list of images (config + layer blobs);
- *   3. every blob is checked: an OCI blob's sha256 against its digest, a
- *      config against the name it is stored under, every layer's
- *      decompressed sha256 against the config's rootfs.diff_ids;
- *   4. each new layer is extracted into staging, its entries checked one
- *      by one (no "..", no absolute names, bounded names, hard links inside
- *      the layer, devices only where we may make them);
- *   5. only then are layers, layerdb entries, the config and the tags
+ *   1. an archive is unpacked into a staging directory (extract.c: files
+ *      and directories only, no "..", no absolute names, nothing through
+ *      a symlink);
+ *   2. the manifest is read into a list of images (config + layer blobs),
+ *      the index, manifests and configs checked against their digests and
+ *      every layer blob opened (a regular file beneath the input);
+ *   3. each layer blob is read once (extract.c): its sha256, its
+ *      decompressed sha256 and, if the store lacks the layer, the layer
+ *      extracted into staging (every entry checked: no "..", no absolute
+ *      names, bounded names, hard links inside the layer, nothing through
+ *      a symlink, devices only where we may make them) and its tar layout
+ *      recorded, all from the same bytes; then an OCI blob's sha256 is
+ *      compared with its digest and the decompressed sha256 with the
+ *      config's rootfs.diff_ids, and a mismatch fails the import (what
+ *      was extracted goes with the staging directory);
+ *   4. only then are layers, layerdb entries, the config and the tags
  *      renamed or written into place.  The staging directory goes at the
  *      end, whatever happened.
  * Whiteouts stay as OCI ".wh." entries, which layerfs reads as they are.
@@ -25,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -37,11 +43,16 @@
 #include "layerctl.h"
 
 struct layer_src {
-	char *blob;                  /* owned path of our copy */
+	char *blob;                  /* owned path (for an input blob, where
+					it was when opened: fd is what counts) */
+	int fd;                      /* the blob, opened and checked */
+	bool fd_open;
 	char *name;                  /* owned: as the input names it */
 	char digest[HEXLEN + 1];     /* the blob's own digest, or "" */
+	bool check_digest;           /* an OCI blob: digest must match */
 	char diff[HEXLEN + 1];       /* from the config */
 	char *staged;                /* owned: extracted here, or NULL */
+	const struct layer_src *twin;   /* staged by this earlier one */
 	long long size;              /* bytes of the layer's tree, or -1 */
 	long long files;             /* entries of the layer's tree, or -1 */
 };
@@ -108,10 +119,12 @@ static bool is_safe_relative(const char *p)
  * The input, as import reads it.  Every file is opened once, beneath the
  * input directory (openat2: no "..", no symlink anywhere on the path),
  * must be a regular file (no FIFO to hang on, no device to read forever),
- * and is then used only through a copy in staging that nobody else can
- * change: what was hashed is what gets extracted.  An archive input is
- * unpacked into staging in the first place (regular files and directories
- * only), so its files are used where they are.
+ * and what was hashed is what gets used: the index, manifests and configs
+ * through a copy in staging that nobody else can change, a layer blob
+ * through its fd, read once, its digests computed from the very bytes
+ * that are extracted (stage_layer).  An archive input is unpacked into
+ * staging in the first place (regular files and directories only), so
+ * its files are used where they are.
  */
 static struct {
 	int dir_fd;              /* the input directory */
@@ -160,8 +173,9 @@ static int take_fd(int fd, const char *rel, char **ret_path, char err[ERRLEN])
 	return 0;
 }
 
-/* The file rel of the input, checked and taken (see above); owned path. */
-static char *input_path(const char *dir, const char *rel, char err[ERRLEN])
+/* The file rel of the input, opened as described above; -1 and err if it
+ * is not a regular file reached without a link. */
+static int input_open(const char *rel, char err[ERRLEN])
 {
 	struct open_how how = {
 		.flags = O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC,
@@ -169,13 +183,12 @@ static char *input_path(const char *dir, const char *rel, char err[ERRLEN])
 			   RESOLVE_NO_MAGICLINKS,
 	};
 	struct stat st;
-	char *path = NULL;
 	int fd;
 
 	if (!is_safe_relative(rel)) {
 		snprintf(err, ERRLEN, "manifest names an unsafe path: %s",
 			 rel ? rel : "(none)");
-		return NULL;
+		return -1;
 	}
 	fd = (int)syscall(SYS_openat2, in_ctx.dir_fd, rel, &how, sizeof(how));
 	if (fd < 0) {
@@ -183,14 +196,44 @@ static char *input_path(const char *dir, const char *rel, char err[ERRLEN])
 			 errno == ELOOP || errno == EXDEV
 				 ? "reached through a symbolic link"
 				 : strerror(errno));
-		return NULL;
+		return -1;
 	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
 	    fcntl(fd, F_SETFL, 0) < 0) {
 		snprintf(err, ERRLEN, "%s: not a regular file", rel);
 		close(fd);
-		return NULL;
+		return -1;
 	}
+	return fd;
+}
+
+/* A layer blob of the input: opened now, read once later (stage_layer),
+ * hashing what it extracts, so no copy is needed: what was hashed is what
+ * was extracted. */
+static int input_layer(const char *dir, const char *rel, struct layer_src *L,
+		       char err[ERRLEN])
+{
+	int fd = input_open(rel, err);
+
+	if (fd < 0)
+		return -EINVAL;
+	L->fd = fd;
+	L->fd_open = true;
+	if (!(L->blob = path_join(dir, rel)) || !(L->name = strdup(rel))) {
+		snprintf(err, ERRLEN, "out of memory");
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* The file rel of the input, checked and taken (see above); owned path. */
+static char *input_path(const char *dir, const char *rel, char err[ERRLEN])
+{
+	char *path = NULL;
+	int fd = input_open(rel, err);
+
+	if (fd < 0)
+		return NULL;
 	int r = take_fd(fd, rel, &path, err);
 	close(fd);
 	if (r < 0)
@@ -225,161 +268,24 @@ static void digest_from_name(const char *rel, char hex[HEXLEN + 1])
 
 /* ---- unpacking an archive -------------------------------------------- */
 
-static int check_entry_name(const char *name, const char *what,
-			    char err[ERRLEN])
+/* An image archive (a tar, any compression) into dir: files and
+ * directories only, every entry checked (extract.c). */
+static int unpack_archive(const char *input, const char *dir, char err[ERRLEN])
 {
-	if (!name)
-		return 0;
-	if (name[0] == '/') {
-		snprintf(err, ERRLEN, "%s: entry %s: absolute path", what, name);
-		return -EINVAL;
-	}
-	if (!is_safe_relative(name) && strcmp(name, ".") && strcmp(name, "./")) {
-		snprintf(err, ERRLEN, "%s: entry %.300s: %s", what, name,
-			 strlen(name) >= PATH_MAX ? "name too long"
-			 : strstr(name, "..") ? "path escapes the layer (..)"
-					      : "name component too long");
-		return -EINVAL;
-	}
-	return 0;
-}
-
-static int extract_here(int fd, const char *what, bool outer,
-			long long *ret_files, long long *ret_size,
-			char err[ERRLEN]);
-
-/*
- * Extract the tar (any compression) at path into dest, checking every
- * entry.  Counts the files and bytes extracted.  libarchive's guards work
- * on relative names, so extraction runs with dest as the working
- * directory (layerctl is single-threaded).
- */
-static int extract_tar(const char *path, const char *dest, const char *what,
-		       bool outer, long long *ret_files, long long *ret_size,
-		       char err[ERRLEN])
-{
-	int in_fd = open(path, O_RDONLY | O_CLOEXEC);
-	int saved = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	struct layer_pass p = { .what = input, .dest = dir, .outer = true,
+				.no_blob_digest = true };
+	int fd = open(input, O_RDONLY | O_CLOEXEC);
 	int r;
 
-	if (in_fd < 0 || saved < 0 || chdir(dest) < 0) {
-		r = -errno;
-		snprintf(err, ERRLEN, "%s: %s", in_fd < 0 ? path : dest,
-			 strerror(errno));
-		goto out;
+	if (fd < 0) {
+		snprintf(err, ERRLEN, "%s: %s", input, strerror(errno));
+		return -errno;
 	}
-	r = extract_here(in_fd, what, outer, ret_files, ret_size, err);
-	if (fchdir(saved) < 0 && r == 0) {
-		snprintf(err, ERRLEN, "cannot return to the working directory");
-		r = -EIO;
-	}
-out:
-	if (in_fd >= 0)
-		close(in_fd);
-	if (saved >= 0)
-		close(saved);
-	return r;
-}
-
-/* outer: the image archive itself, which may hold only files and
- * directories (its manifest and blobs); a layer may hold anything. */
-static int extract_here(int fd, const char *what, bool outer,
-			long long *ret_files, long long *ret_size,
-			char err[ERRLEN])
-{
-	struct archive *in = archive_read_new();
-	struct archive *out = archive_write_disk_new();
-	struct archive_entry *e;
-	long long files = 0, size = 0;
-	bool root = geteuid() == 0;
-	int r = 0, ar;
-
-	if (!in || !out) {
-		snprintf(err, ERRLEN, "out of memory");
-		r = -ENOMEM;
-		goto done;
-	}
-	archive_read_support_filter_all(in);
-	archive_read_support_format_tar(in);
-	archive_write_disk_set_options(
-		out, ARCHIVE_EXTRACT_SECURE_SYMLINKS |
-			     ARCHIVE_EXTRACT_SECURE_NODOTDOT |
-			     ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS |
-			     ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME |
-			     ARCHIVE_EXTRACT_XATTR | ARCHIVE_EXTRACT_ACL |
-			     (root ? ARCHIVE_EXTRACT_OWNER : 0));
-	archive_write_disk_set_standard_lookup(out);
-	if (archive_read_open_fd(in, fd, 1 << 16) != ARCHIVE_OK) {
-		snprintf(err, ERRLEN, "%s: %s", what, archive_error_string(in));
-		r = -EIO;
-		goto done;
-	}
-	while ((ar = archive_read_next_header(in, &e)) == ARCHIVE_OK) {
-		const char *name = archive_entry_pathname(e);
-		const char *link = archive_entry_hardlink(e);
-		mode_t type = archive_entry_filetype(e);
-
-		if ((r = check_entry_name(name, what, err)) < 0 ||
-		    (r = check_entry_name(link, what, err)) < 0)
-			goto done;
-		if (outer && (link || (type != AE_IFREG && type != AE_IFDIR))) {
-			snprintf(err, ERRLEN, "%s: entry %.300s: an image archive "
-				 "holds only files and directories", what, name);
-			r = -EINVAL;
-			goto done;
-		}
-		if ((type == AE_IFCHR || type == AE_IFBLK) && !root) {
-			/* Not ours to create: skipped, as rootless engines do. */
-			fprintf(stderr, "layerctl: import: %s: skipping device "
-				"%s (not root)\n", what, name);
-			continue;
-		}
-		ar = archive_write_header(out, e);
-		if (ar == ARCHIVE_OK && archive_entry_size(e) > 0) {
-			const void *buf;
-			size_t len;
-			la_int64_t off;
-			while ((ar = archive_read_data_block(
-					in, &buf, &len, &off)) == ARCHIVE_OK) {
-				if (archive_write_data_block(out, buf, len,
-							     off) != ARCHIVE_OK) {
-					ar = ARCHIVE_FATAL;
-					break;
-				}
-				progress_add((long long)len, false);
-			}
-			if (ar == ARCHIVE_EOF)
-				ar = ARCHIVE_OK;
-		}
-		if (ar == ARCHIVE_OK)
-			ar = archive_write_finish_entry(out);
-		if (ar < ARCHIVE_WARN) {
-			const char *why = archive_error_string(out);
-			if (!why)
-				why = archive_error_string(in);
-			snprintf(err, ERRLEN, "%s: entry %.300s: %s", what, name,
-				 why ? why : "cannot extract");
-			r = -EIO;
-			goto done;
-		}
-		files++;
-		size += archive_entry_size(e);
-	}
-	if (ar != ARCHIVE_EOF) {
-		snprintf(err, ERRLEN, "%s: %s", what, archive_error_string(in));
-		r = -EIO;
-	}
-done:
-	if (out) {
-		archive_write_close(out);
-		archive_write_free(out);
-	}
-	if (in)
-		archive_read_free(in);
-	if (r == 0) {
-		*ret_files = files;
-		*ret_size = size;
-	}
+	r = layer_pass_run(fd, &p);
+	close(fd);
+	if (r < 0)
+		snprintf(err, ERRLEN, "%s", p.read_r ? p.read_err : p.extract_err);
+	free(p.skipped);
 	return r;
 }
 
@@ -391,6 +297,8 @@ static void image_free(struct image_src *im)
 		free(im->layers[i].blob);
 		free(im->layers[i].name);
 		free(im->layers[i].staged);
+		if (im->layers[i].fd_open)
+			close(im->layers[i].fd);
 	}
 	free(im->layers);
 	free(im->config);
@@ -469,8 +377,7 @@ static int read_docker_save(const char *dir, struct image_src **ret,
 		}
 		for (size_t j = 0; j < im->n_layers; j++) {
 			const char *rel = json_string_value(json_array_get(layers, j));
-			if (!(im->layers[j].blob = input_path(dir, rel, err)) ||
-			    !(im->layers[j].name = strdup(rel)))
+			if (input_layer(dir, rel, &im->layers[j], err) < 0)
 				goto out;
 			if (strncmp(rel, "blobs/sha256/", 13) == 0)
 				digest_from_name(rel, im->layers[j].digest);
@@ -557,11 +464,17 @@ static int read_oci_manifest(const char *dir, json_t *desc,
 	for (size_t j = 0; j < im->n_layers; j++) {
 		const char *d = json_string_value(
 			json_object_get(json_array_get(layers, j), "digest"));
-		if (!(im->layers[j].blob =
-			      oci_blob(dir, d, "layer", im->layers[j].digest, err)) ||
-		    asprintf(&im->layers[j].name, "blobs/sha256/%s",
-			     im->layers[j].digest) < 0)
+		char rel[HEXLEN + 20];
+		/* Its digest is checked as it is read (stage_layer). */
+		if (!digest_parse(d, im->layers[j].digest)) {
+			snprintf(err, ERRLEN, "layer: not a sha256 digest: %s",
+				 d ? d : "(none)");
 			goto out;
+		}
+		snprintf(rel, sizeof(rel), "blobs/sha256/%s", im->layers[j].digest);
+		if (input_layer(dir, rel, &im->layers[j], err) < 0)
+			goto out;
+		im->layers[j].check_digest = true;
 	}
 	r = 0;
 out:
@@ -649,46 +562,114 @@ static int check_config(struct image_src *im, char err[ERRLEN])
 	return 0;
 }
 
-/* Check a layer's decompressed digest; extract it if the store lacks it. */
-static int stage_layer(const struct store *s, const char *staging,
-		       struct layer_src *L, size_t index, char err[ERRLEN])
+static void show_progress(long long bytes)
 {
-	char actual[HEXLEN + 1];
-	int r = sha256_decompressed(L->blob, L->name, actual, err);
+	progress_add(bytes, false);
+}
 
-	if (r < 0)
-		return r;
-	if (strcmp(actual, L->diff) != 0) {
-		snprintf(err, ERRLEN, "layer %s: diff_id mismatch: expected "
-			 "sha256:%s, got sha256:%s", L->name, L->diff, actual);
-		return -EINVAL;
-	}
-	if (store_has_layer(s, L->diff)) {
-		L->size = L->files = -1;    /* counted if a new chain needs it */
-		return 0;
-	}
-	if (asprintf(&L->staged, "%s/layer-%zu-%s", staging, index, L->diff) < 0) {
-		L->staged = NULL;
-		snprintf(err, ERRLEN, "out of memory");
-		return -ENOMEM;
-	}
-	if (mkdir(L->staged, 0755) < 0) {
-		snprintf(err, ERRLEN, "%s: %s", L->staged, strerror(errno));
+/*
+ * Read a layer blob once: check its digest (an OCI blob) and its
+ * decompressed digest (the config's diff_id), extracting it meanwhile
+ * into staging if the store lacks it and no earlier layer of this import
+ * (twin) has staged it.  A failure is told in the order the checks were
+ * always made: blob digest, decompression, diff_id, then the tar's
+ * entries; whatever was extracted goes with the staging directory.
+ */
+static int stage_layer(const struct store *s, const char *staging,
+		       struct layer_src *L, const struct layer_src *twin,
+		       char err[ERRLEN])
+{
+	static unsigned n_staged;
+	struct layer_pass p = { .what = L->name, .progress = show_progress,
+				.no_blob_digest = !L->check_digest };
+	char *split = NULL;
+	int fd = L->fd_open ? L->fd : open(L->blob, O_RDONLY | O_CLOEXEC);
+	int r = 0;
+
+	if (fd < 0) {
+		snprintf(err, ERRLEN, "%s: %s", L->name, strerror(errno));
 		return -errno;
 	}
-	r = extract_tar(L->blob, L->staged, L->name, false, &L->files, &L->size,
-			err);
-	if (r < 0)
-		return r;
-	/* So that export can give back these very bytes (tarsplit.c). */
-	char *split = NULL;
-	if (asprintf(&split, "%s.tarsplit", L->staged) < 0) {
-		snprintf(err, ERRLEN, "out of memory");
-		return -ENOMEM;
+	if (twin || store_has_layer(s, L->diff)) {
+		L->size = L->files = -1;    /* counted if a new chain needs it */
+		L->twin = twin;
+	} else {
+		if (asprintf(&L->staged, "%s/layer-%u-%s", staging, n_staged++,
+			     L->diff) < 0) {
+			L->staged = NULL;
+			r = -ENOMEM;
+			goto out;
+		}
+		if (mkdir(L->staged, 0755) < 0) {
+			r = -errno;
+			snprintf(err, ERRLEN, "%s: %s", L->staged, strerror(errno));
+			goto out;
+		}
+		/* So that export can give back these very bytes (tarsplit.c). */
+		if (asprintf(&split, "%s.tarsplit", L->staged) < 0) {
+			split = NULL;
+			r = -ENOMEM;
+			goto out;
+		}
+		p.dest = L->staged;
+		p.tarsplit = split;
 	}
-	r = tarsplit_record(L->blob, split, err);
+	layer_pass_run(fd, &p);
+	if (L->check_digest && strcmp(p.blob_hex, L->digest) != 0) {
+		snprintf(err, ERRLEN, "layer %s: digest mismatch: expected "
+			 "sha256:%s, got sha256:%s", L->name, L->digest,
+			 p.blob_hex);
+		r = -EINVAL;
+	} else if (p.read_r) {
+		snprintf(err, ERRLEN, "%s", p.read_err);
+		r = p.read_r;
+	} else if (strcmp(p.diff_hex, L->diff) != 0) {
+		snprintf(err, ERRLEN, "layer %s: diff_id mismatch: expected "
+			 "sha256:%s, got sha256:%s", L->name, L->diff, p.diff_hex);
+		r = -EINVAL;
+	} else if (p.extract_r) {
+		snprintf(err, ERRLEN, "%s", p.extract_err);
+		r = p.extract_r;
+	} else if (p.record_r == -EAGAIN) {
+		/* A layout libarchive's positions did not explain: recorded
+		 * in two passes, as it always was. */
+		r = tarsplit_record_fd(fd, L->name, split, err);
+		if (r == -ENOTSUP)
+			r = 0;
+	} else if (p.record_r) {
+		snprintf(err, ERRLEN, "%s", p.record_err);
+		r = p.record_r;
+	}
+	if (r == 0 && p.dest) {
+		L->files = p.files;
+		L->size = p.size;
+	}
+	if (r == 0 && p.skipped)
+		fputs(p.skipped, stderr);
+	free(p.skipped);
+out:
+	if (r == -ENOMEM)
+		snprintf(err, ERRLEN, "out of memory");
 	free(split);
-	return r == -ENOTSUP ? 0 : r;
+	/* Read once: not needed again. */
+	L->fd_open = false;
+	close(fd);
+	return r;
+}
+
+/* An earlier layer of this import (images before im, or im's own lower
+ * layers) that staged the same diff_id. */
+static const struct layer_src *staged_twin(const struct image_src *ims,
+					   size_t im, size_t layer)
+{
+	const char *diff = ims[im].layers[layer].diff;
+
+	for (size_t i = 0; i <= im; i++)
+		for (size_t j = 0; j < (i < im ? ims[i].n_layers : layer); j++)
+			if (ims[i].layers[j].staged &&
+			    strcmp(ims[i].layers[j].diff, diff) == 0)
+				return &ims[i].layers[j];
+	return NULL;
 }
 
 /* ---- committing into the store --------------------------------------- */
@@ -841,7 +822,7 @@ static int commit_image(const struct store *s, const char *staging,
 	/* A layer found in the store before the lock was taken may have
 	 * been collected since (layerctl gc): check again, under the lock. */
 	for (size_t i = 0; i < im->n_layers; i++) {
-		if (!im->layers[i].staged &&
+		if (!im->layers[i].staged && !im->layers[i].twin &&
 		    !store_has_layer(s, im->layers[i].diff)) {
 			snprintf(err, ERRLEN, "layer sha256:%s left the store "
 				 "during the import (gc?); import again",
@@ -962,6 +943,13 @@ int cmd_import(struct store *s, int argc, char **argv)
 		return fail_verb("import", "usage: layerctl import FILE|DIR [NAME:TAG]");
 	input = argv[1];
 	tag = argc == 3 ? argv[2] : NULL;
+	/* Every layer blob stays open from the manifest's reading until it
+	 * is read: allow as many as we may. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	if (stat(input, &st) < 0) {
 		snprintf(err, ERRLEN, "%s: %s", input, strerror(errno));
 		return fail_verb("import", err);
@@ -971,11 +959,9 @@ int cmd_import(struct store *s, int argc, char **argv)
 	if (S_ISDIR(st.st_mode)) {
 		dir = strdup(input);
 	} else {
-		long long files, size;
 		dir = path_join(staging, "input");
 		r = dir && mkdir(dir, 0700) == 0
-			    ? extract_tar(input, dir, input, true, &files, &size,
-					  err)
+			    ? unpack_archive(input, dir, err)
 			    : -ENOMEM;
 		if (r < 0)
 			goto out;
@@ -1003,7 +989,8 @@ int cmd_import(struct store *s, int argc, char **argv)
 		progress.n_layers = ims[i].n_layers;
 		for (size_t j = 0; j < ims[i].n_layers && r == 0; j++) {
 			progress.layer = j + 1;
-			r = stage_layer(s, staging, &ims[i].layers[j], j, err);
+			r = stage_layer(s, staging, &ims[i].layers[j],
+					staged_twin(ims, i, j), err);
 			progress_add(0, true);
 		}
 	}
@@ -1105,7 +1092,7 @@ int import_image_with_layer(struct store *s, const char *config_bytes,
 	}
 	/* Checks the tar against the diff_id once more, and extracts it
 	 * unless the store has it (the same upper committed twice). */
-	r = stage_layer(s, staging, top, n - 1, err);
+	r = stage_layer(s, staging, top, NULL, err);
 	if (r < 0)
 		goto out;
 	lock = store_lock(s, err);

@@ -100,6 +100,61 @@ int tarsplit_record(const char *blob, const char *dest, char err[ERRLEN]);
  * layer; hex gets its sha256 (the caller compares with the diff_id). */
 int tarsplit_rebuild(const char *skeleton, const char *layer_dir, int out_fd,
 		     char hex[HEXLEN + 1], long long *ret_size, char err[ERRLEN]);
+/* The same from an open blob (read from its start, the fd's offset left
+ * alone). */
+int tarsplit_record_fd(int fd, const char *blob, const char *dest,
+		       char err[ERRLEN]);
+
+/* Recording while the tar is read once (extract.c): feed every byte of
+ * the decompressed stream in order; tell each entry's header position and
+ * where its data begins (libarchive's archive_read_header_position and
+ * archive_filter_bytes(a, 0) after the header), with the name and size of
+ * a regular file's content; then where the end marker is.  finish: 0 (the
+ * record is written), -ENOTSUP (sparse entries: no record), -EAGAIN (the
+ * stream broke the layout rule: no record, use tarsplit_record_fd), or
+ * -errno with err.  Without keep, no record and -ENOTSUP.  NULL w: no-op. */
+struct tarsplit_writer;
+struct tarsplit_writer *tarsplit_writer_new(const char *dest, char err[ERRLEN]);
+void tarsplit_writer_feed(struct tarsplit_writer *w, const void *data,
+			  size_t len);
+void tarsplit_writer_entry(struct tarsplit_writer *w, long long header_pos,
+			   long long data_pos, const char *content_path,
+			   long long content_size, bool sparse);
+void tarsplit_writer_end(struct tarsplit_writer *w, long long header_pos);
+int tarsplit_writer_finish(struct tarsplit_writer *w, bool keep,
+			   char err[ERRLEN]);
+
+/* ---- extract.c: a layer blob read once --------------------------------- */
+
+/*
+ * Read the blob at fd (from its start; any compression libarchive knows)
+ * once: its sha256, its decompressed bytes' sha256, and with dest the tar
+ * extracted there (every entry checked: no "..", no absolute names, names
+ * within NAME_MAX and PATH_MAX, nothing made through a symbolic link, hard
+ * links inside the tree, devices only as root, others skipped with a note
+ * in `skipped`) and, with tarsplit, its layout recorded.  The caller must
+ * compare the digests before trusting anything extracted.  Failures are
+ * kept apart, each with its message: reading or decompressing (read_r),
+ * the tar or an entry (extract_r), the record (record_r; -EAGAIN: record
+ * it with tarsplit_record_fd).  Returns the first of them that is not 0.
+ */
+struct layer_pass {
+	const char *what;            /* the blob's name, for messages */
+	const char *dest;            /* extract into this directory, or NULL */
+	const char *tarsplit;        /* with dest: record the layout here */
+	bool outer;                  /* an image archive: files and dirs only */
+	bool no_blob_digest;         /* nothing checks blob_hex: left "" */
+	void (*progress)(long long bytes);   /* data written, or NULL */
+
+	char blob_hex[HEXLEN + 1];   /* sha256 of the blob */
+	char diff_hex[HEXLEN + 1];   /* sha256 of its decompressed bytes */
+	long long files, size;       /* entries and bytes extracted */
+	bool recorded;               /* the tarsplit record was written */
+	char *skipped;               /* owned: lines to print if all is well */
+	int read_r, extract_r, record_r;
+	char read_err[ERRLEN], extract_err[ERRLEN], record_err[ERRLEN];
+};
+int layer_pass_run(int fd, struct layer_pass *p);
 
 /* ---- export.c, import.c: pieces commit.c shares ----------------------- */
 

@@ -15,6 +15,13 @@
  * padded to 512 bytes.  Sparse entries break that rule; a tar holding one
  * gets no tarsplit file, and export re-packs it instead.
  *
+ * Import records it in the same pass that extracts the layer (extract.c):
+ * a tarsplit_writer is fed the decompressed bytes as libarchive's tar
+ * reader takes them and told where each entry's header and content lie
+ * (libarchive's positions, checked against the rule above at the next
+ * header; a stream that breaks it is recorded again in two passes by
+ * tarsplit_record_fd, as before).
+ *
  * File: "LFSTSPL1", then records, each a kind byte and a little-endian
  * 64-bit length: RAW (that many bytes follow), FILE (that many content
  * bytes, then a 16-bit path length and the path, relative to the layer),
@@ -59,7 +66,17 @@ static void contents_free(struct content_list *l)
 
 /* Pass 1: where each regular file's content lies.  -ENOTSUP for a tar
  * this scheme cannot describe (sparse entries). */
-static int find_contents(const char *blob, struct content_list *out,
+static int open_blob(struct archive *a, int fd, size_t block)
+{
+	/* Our own file description, from the start: the caller's offset
+	 * stays where it was. */
+	char proc[64];
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	return archive_read_open_filename(a, proc, block);
+}
+
+static int find_contents(int fd, const char *blob, struct content_list *out,
 			 char err[ERRLEN])
 {
 	struct archive *a = archive_read_new();
@@ -71,7 +88,7 @@ static int find_contents(const char *blob, struct content_list *out,
 		return -ENOMEM;
 	archive_read_support_filter_all(a);
 	archive_read_support_format_tar(a);
-	if (archive_read_open_filename(a, blob, 1 << 16) != ARCHIVE_OK) {
+	if (open_blob(a, fd, 1 << 16) != ARCHIVE_OK) {
 		snprintf(err, ERRLEN, "%s: %s", blob, archive_error_string(a));
 		archive_read_free(a);
 		return -EIO;
@@ -133,8 +150,8 @@ static int put_record(FILE *f, int kind, unsigned long long len)
 }
 
 /* Pass 2: copy the raw stream, contents replaced by references. */
-static int write_skeleton(const char *blob, const struct content_list *l,
-			  FILE *f, char err[ERRLEN])
+static int write_skeleton(int fd, const char *blob,
+			  const struct content_list *l, FILE *f, char err[ERRLEN])
 {
 	struct archive *a = archive_read_new();
 	struct archive_entry *e;
@@ -147,7 +164,7 @@ static int write_skeleton(const char *blob, const struct content_list *l,
 		return -ENOMEM;
 	archive_read_support_filter_all(a);
 	archive_read_support_format_raw(a);
-	if (archive_read_open_filename(a, blob, sizeof(buf)) != ARCHIVE_OK ||
+	if (open_blob(a, fd, sizeof(buf)) != ARCHIVE_OK ||
 	    archive_read_next_header(a, &e) != ARCHIVE_OK) {
 		snprintf(err, ERRLEN, "%s: %s", blob, archive_error_string(a));
 		archive_read_free(a);
@@ -209,16 +226,17 @@ static int write_skeleton(const char *blob, const struct content_list *l,
 	return r;
 }
 
-int tarsplit_record(const char *blob, const char *dest, char err[ERRLEN])
+int tarsplit_record_fd(int fd, const char *blob, const char *dest,
+		       char err[ERRLEN])
 {
 	struct content_list l = { 0 };
 	FILE *f = NULL;
-	int r = find_contents(blob, &l, err);
+	int r = find_contents(fd, blob, &l, err);
 
 	if (r == 0 && !(f = fopen(dest, "wbe")))
 		r = -errno;
 	if (r == 0)
-		r = write_skeleton(blob, &l, f, err);
+		r = write_skeleton(fd, blob, &l, f, err);
 	if (f && fclose(f) != 0 && r == 0)
 		r = -EIO;
 	if (r < 0) {
@@ -227,6 +245,257 @@ int tarsplit_record(const char *blob, const char *dest, char err[ERRLEN])
 			snprintf(err, ERRLEN, "%s: cannot record its tar layout", blob);
 	}
 	contents_free(&l);
+	return r;
+}
+
+int tarsplit_record(const char *blob, const char *dest, char err[ERRLEN])
+{
+	int fd = open(blob, O_RDONLY | O_CLOEXEC);
+	int r;
+
+	if (fd < 0) {
+		snprintf(err, ERRLEN, "%s: %s", blob, strerror(errno));
+		return -errno;
+	}
+	r = tarsplit_record_fd(fd, blob, dest, err);
+	close(fd);
+	return r;
+}
+
+/* ---- recording in the pass that extracts ------------------------------- */
+
+/*
+ * The writer sees every byte of the decompressed stream in order (feed),
+ * usually before the tar reader has parsed it, so bytes past the last
+ * header parsed wait in `pend` until the next header (or the end) says
+ * what they are.  Bytes before `frontier` are known: a regular file's
+ * content [cs, ce) is replaced by a FILE record, everything else goes into
+ * RAW records (gathered in `raw`, written at most RAW_MAX at a time).
+ */
+#define RAW_MAX (1 << 20)
+
+struct tarsplit_writer {
+	FILE *f;
+	char *dest;                  /* owned */
+	int state;                   /* 0, or why there will be no record */
+	unsigned char *pend;         /* bytes from pos on, not yet classified */
+	size_t pend_off, pend_len, pend_cap;
+	long long pos;               /* stream offset of pend[pend_off] */
+	long long frontier;          /* bytes before it are classified */
+	long long cs, ce;            /* the current content, cs == ce: none */
+	long long next_header;       /* where the content's padding ends */
+	char *cpath;                 /* owned: the content's name */
+	unsigned char *raw;
+	size_t raw_len;
+};
+
+struct tarsplit_writer *tarsplit_writer_new(const char *dest, char err[ERRLEN])
+{
+	struct tarsplit_writer *w = calloc(1, sizeof(*w));
+
+	if (!w || !(w->raw = malloc(RAW_MAX)) || !(w->dest = strdup(dest))) {
+		snprintf(err, ERRLEN, "out of memory");
+		goto fail;
+	}
+	w->next_header = -1;
+	if (!(w->f = fopen(dest, "wbe"))) {
+		snprintf(err, ERRLEN, "%s: %s", dest, strerror(errno));
+		goto fail;
+	}
+	setvbuf(w->f, NULL, _IOFBF, 1 << 16);
+	if (fwrite(TARSPLIT_MAGIC, 1, 8, w->f) != 8)
+		w->state = -EIO;
+	return w;
+fail:
+	if (w) {
+		free(w->raw);
+		free(w->dest);
+		free(w);
+	}
+	return NULL;
+}
+
+static void flush_raw(struct tarsplit_writer *w)
+{
+	if (w->raw_len == 0 || w->state)
+		return;
+	if (put_record(w->f, REC_RAW, w->raw_len) ||
+	    fwrite(w->raw, 1, w->raw_len, w->f) != w->raw_len)
+		w->state = -EIO;
+	w->raw_len = 0;
+}
+
+static void add_raw(struct tarsplit_writer *w, const unsigned char *p,
+		    size_t n)
+{
+	while (n > 0 && !w->state) {
+		size_t take = RAW_MAX - w->raw_len < n ? RAW_MAX - w->raw_len : n;
+		memcpy(w->raw + w->raw_len, p, take);
+		w->raw_len += take;
+		p += take;
+		n -= take;
+		if (w->raw_len == RAW_MAX)
+			flush_raw(w);
+	}
+}
+
+/* Classify what can be from data[0..n) (at w->pos); returns bytes used. */
+static size_t classify(struct tarsplit_writer *w, const unsigned char *data,
+		       size_t n)
+{
+	size_t used = 0;
+
+	while (used < n && !w->state) {
+		long long p = w->pos;
+		size_t avail = n - used, take;
+		if (w->cs < w->ce && p >= w->cs && p < w->ce) {
+			if (p == w->cs) {
+				size_t plen = strlen(w->cpath);
+				unsigned char pl[2] = { plen & 0xff, plen >> 8 };
+				flush_raw(w);
+				if (plen > 0xffff ||
+				    put_record(w->f, REC_FILE,
+					       (unsigned long long)(w->ce - w->cs)) ||
+				    fwrite(pl, 1, 2, w->f) != 2 ||
+				    fwrite(w->cpath, 1, plen, w->f) != plen)
+					w->state = -EIO;
+			}
+			take = (unsigned long long)(w->ce - p) < avail
+				       ? (size_t)(w->ce - p) : avail;
+		} else {
+			long long limit = w->frontier;
+			if (w->cs < w->ce && w->cs > p && w->cs < limit)
+				limit = w->cs;
+			if (limit <= p)
+				break;
+			take = (unsigned long long)(limit - p) < avail
+				       ? (size_t)(limit - p) : avail;
+			add_raw(w, data + used, take);
+		}
+		used += take;
+		w->pos += (long long)take;
+	}
+	return used;
+}
+
+void tarsplit_writer_feed(struct tarsplit_writer *w, const void *data,
+			  size_t len)
+{
+	const unsigned char *d = data;
+	size_t used;
+
+	if (!w || w->state)
+		return;
+	if (w->pend_len == w->pend_off) {
+		/* Nothing waiting: classify in place, keep only the rest. */
+		w->pend_off = w->pend_len = 0;
+		used = classify(w, d, len);
+		d += used;
+		len -= used;
+	}
+	if (len == 0)
+		return;
+	if (w->pend_off > 0) {
+		memmove(w->pend, w->pend + w->pend_off, w->pend_len - w->pend_off);
+		w->pend_len -= w->pend_off;
+		w->pend_off = 0;
+	}
+	if (w->pend_len + len > w->pend_cap) {
+		size_t cap = w->pend_cap ? w->pend_cap : 1 << 16;
+		while (cap < w->pend_len + len)
+			cap *= 2;
+		unsigned char *grown = realloc(w->pend, cap);
+		if (!grown) {
+			w->state = -ENOMEM;
+			return;
+		}
+		w->pend = grown;
+		w->pend_cap = cap;
+	}
+	memcpy(w->pend + w->pend_len, d, len);
+	w->pend_len += len;
+}
+
+static void classify_pending(struct tarsplit_writer *w)
+{
+	w->pend_off += classify(w, w->pend + w->pend_off,
+				w->pend_len - w->pend_off);
+}
+
+/* The previous content must end, padded, where this header begins. */
+static void check_header(struct tarsplit_writer *w, long long header_pos)
+{
+	if (w->next_header >= 0 && header_pos != w->next_header && !w->state)
+		w->state = -EAGAIN;
+	w->next_header = -1;
+}
+
+void tarsplit_writer_entry(struct tarsplit_writer *w, long long header_pos,
+			   long long data_pos, const char *content_path,
+			   long long content_size, bool sparse)
+{
+	if (!w || w->state)
+		return;
+	check_header(w, header_pos);
+	if (sparse) {
+		w->state = -ENOTSUP;
+		return;
+	}
+	if (data_pos < w->frontier || data_pos < header_pos) {
+		w->state = -EAGAIN;
+		return;
+	}
+	w->frontier = data_pos;
+	if (content_path && content_size > 0) {
+		free(w->cpath);
+		if (!(w->cpath = strdup(content_path))) {
+			w->state = -ENOMEM;
+			return;
+		}
+		w->cs = data_pos;
+		w->ce = data_pos + content_size;
+		w->frontier = w->ce;
+		w->next_header = data_pos + ((content_size + 511) & ~511LL);
+	}
+	classify_pending(w);
+}
+
+void tarsplit_writer_end(struct tarsplit_writer *w, long long header_pos)
+{
+	if (!w || w->state)
+		return;
+	check_header(w, header_pos);
+	w->frontier = LLONG_MAX;
+	classify_pending(w);
+}
+
+int tarsplit_writer_finish(struct tarsplit_writer *w, bool keep,
+			   char err[ERRLEN])
+{
+	int r;
+
+	if (!w)
+		return -ENOTSUP;
+	if (keep && !w->state && w->frontier != LLONG_MAX)
+		w->state = -EAGAIN;    /* never told where the tar ends */
+	if (keep && !w->state && w->pend_off != w->pend_len)
+		w->state = -EAGAIN;
+	flush_raw(w);
+	if (keep && !w->state && put_record(w->f, REC_END, 0))
+		w->state = -EIO;
+	r = keep ? w->state : -ENOTSUP;
+	if (fclose(w->f) != 0 && r == 0)
+		r = -EIO;
+	if (r < 0)
+		unlink(w->dest);
+	if (r == -EIO || r == -ENOMEM)
+		snprintf(err, ERRLEN, "%s: cannot record its tar layout: %s",
+			 w->dest, strerror(-r));
+	free(w->pend);
+	free(w->raw);
+	free(w->cpath);
+	free(w->dest);
+	free(w);
 	return r;
 }
 
