@@ -143,3 +143,59 @@ int cmd_images(struct store *s, int argc, char **argv)
 	json_decref(repos);
 	return 0;
 }
+
+/*
+ * `layerctl history IMAGE`: the config's history, newest first, as
+ * `docker history` shows it; each entry that made a layer (no
+ * empty_layer) is matched with that layer's diff_id, bottom up.
+ */
+int cmd_history(struct store *s, int argc, char **argv)
+{
+	char err[ERRLEN] = "", id[HEXLEN + 1];
+	char (*diff)[HEXLEN + 1] = NULL;
+	size_t n_diff = 0, n_hist, layer = 0;
+	json_t *config, *history, *h;
+
+	if (argc != 2)
+		return fail_verb("history", "usage: layerctl history IMAGE");
+	if (store_resolve_image(s, argv[1], id, err) < 0 ||
+	    !(config = store_load_config(s, id, err)))
+		return fail_verb("history", err);
+	if (config_diff_ids(config, &diff, &n_diff, err) < 0) {
+		json_decref(config);
+		return fail_verb("history", err);
+	}
+	history = json_object_get(config, "history");
+	n_hist = json_is_array(history) ? json_array_size(history) : 0;
+	/* Which layer each entry made, counted from the bottom. */
+	const char **made = calloc(n_hist + 1, sizeof(*made));
+	if (!made) {
+		free(diff);
+		json_decref(config);
+		return fail_verb("history", "out of memory");
+	}
+	for (size_t i = 0; i < n_hist; i++) {
+		h = json_array_get(history, i);
+		if (!json_is_true(json_object_get(h, "empty_layer")) &&
+		    layer < n_diff)
+			made[i] = diff[layer++];
+	}
+	printf("%-14s %-22s %-45s %s\n", "LAYER", "CREATED", "CREATED BY",
+	       "COMMENT");
+	for (size_t i = n_hist; i-- > 0;) {
+		h = json_array_get(history, i);
+		const char *created = json_string_value(json_object_get(h, "created"));
+		const char *by = json_string_value(json_object_get(h, "created_by"));
+		const char *comment = json_string_value(json_object_get(h, "comment"));
+		printf("%-14.12s %-22.20s %-45.45s %s\n", made[i] ? made[i] : "-",
+		       created ? created : "", by ? by : "",
+		       comment ? comment : "");
+	}
+	if (n_hist == 0)
+		printf("(the image config records no history; %zu layers)\n",
+		       n_diff);
+	free(made);
+	free(diff);
+	json_decref(config);
+	return 0;
+}

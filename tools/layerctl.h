@@ -188,6 +188,7 @@ int cmd_rm(struct store *s, int argc, char **argv);        /* maintain.c */
 int cmd_gc(struct store *s, int argc, char **argv);        /* maintain.c */
 int cmd_verify(struct store *s, int argc, char **argv);    /* maintain.c */
 int cmd_commit(struct store *s, int argc, char **argv);    /* commit.c */
+int cmd_history(struct store *s, int argc, char **argv);   /* inspect.c */
 int cmd_bench(struct store *s, int argc, char **argv);     /* bench.c */
 
 /* Print "layerctl: <verb>: <msg>" to stderr; returns 1 (the exit code). */

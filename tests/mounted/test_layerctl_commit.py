@@ -163,3 +163,22 @@ def layerctl_commit_refuses_unknown_container(ctx):
     check("nosuch" in r.err, "error does not name the container: %s" % r)
     check_eq(sorted(os.listdir(os.path.join(store, "imagedb", "sha256"))),
              before, "image configs after a refused commit")
+
+
+@test()
+def layerctl_history_shows_the_commit_on_top(ctx):
+    store = new_store(ctx)
+    img, _ = changed_container(ctx, store)
+    commit(store, "c1", "hist:1")
+    r = lc(store, "history", "hist:1")
+    if r.rc != 0:
+        raise Fail("history failed: %s" % r)
+    rows = r.out.splitlines()[1:]
+    check_eq(len(rows), len(img.layers) + 1, "history rows")
+    check("layerctl commit" in rows[0], "newest row: %r" % rows[0])
+    top = top_diff(store, "hist:1")
+    check(rows[0].startswith(top[:12]), "newest row's layer: %r, want %s" % (
+        rows[0], top[:12]))
+    r = lc(store, "history", "nosuch:1")
+    check(r.rc != 0 and "nosuch" in r.err, "history of an unknown image: %s"
+          % r)
