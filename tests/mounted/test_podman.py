@@ -200,3 +200,25 @@ def layerctl_commit_then_podman_load_and_run(ctx):
     out = p.sh("lfsexport:2", "cat /data/from-layerctl; ls /data")
     check("committed by layerctl" in out, "podman run shows: %r" % out)
     check("old" not in out.split(), "removed file shows in podman: %r" % out)
+
+
+@test(timeout=120)
+def layerctl_export_oci_is_accepted_by_skopeo(ctx):
+    """skopeo verifies every digest of the OCI layout it copies."""
+    need_layerctl()
+    if not shutil.which("skopeo"):
+        raise Skip("no skopeo")
+    store = new_store(ctx)
+    img = busybox_image("lfsskopeo:1")
+    src, _ = write_source(ctx, img, "docker")
+    import_ok(store, src, img)
+    out = ctx.newdir("oci")
+    r = lc(store, "export", img.tag, out + "/", "--format", "oci")
+    if r.rc != 0:
+        raise Fail("export: %s" % r)
+    dest = ctx.newfile("copied.tar")
+    p = subprocess.run(["skopeo", "copy", "oci:%s:%s" % (out, img.tag),
+                        "docker-archive:%s:%s" % (dest, img.tag)],
+                       capture_output=True, text=True, timeout=100)
+    check(p.returncode == 0, "skopeo copy: %s" % p.stderr[-1500:])
+    check(os.path.getsize(dest) > 1000, "skopeo wrote an empty archive")
