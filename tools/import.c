@@ -903,6 +903,29 @@ static int commit_image(const struct store *s, const char *staging,
 	return 0;
 }
 
+/* Commit staged images under the store lock (tags are a read-modify-
+ * write): layers, layerdb, configs, then the tags.  *ret_lock and
+ * *ret_repos are the caller's to release, whatever happens. */
+static int commit_images(struct store *s, const char *staging,
+			 struct image_src *ims, size_t n_ims, const char *tag,
+			 int *ret_lock, json_t **ret_repos, char err[ERRLEN])
+{
+	int r = 0;
+
+	*ret_lock = store_lock(s, err);
+	if (*ret_lock < 0)
+		return *ret_lock;
+	if (!(*ret_repos = store_load_repos(s, err)))
+		return -EINVAL;
+	/* From here on the store may change: keep the skeleton it needs. */
+	s->created = 0;
+	for (size_t i = 0; i < n_ims && r == 0; i++)
+		r = commit_image(s, staging, &ims[i], tag, *ret_repos, err);
+	if (r == 0)
+		r = store_save_repos(s, *ret_repos, err);
+	return r;
+}
+
 /* ---- the verb ----------------------------------------------------------- */
 
 static int read_input(const char *dir, const char *input,
@@ -997,22 +1020,7 @@ int cmd_import(struct store *s, int argc, char **argv)
 	progress_end();
 	if (r < 0)
 		goto out;
-	/* Commit under the store lock: tags are a read-modify-write. */
-	lock = store_lock(s, err);
-	if (lock < 0) {
-		r = lock;
-		goto out;
-	}
-	if (!(repos = store_load_repos(s, err))) {
-		r = -EINVAL;
-		goto out;
-	}
-	/* From here on the store may change: keep the skeleton it needs. */
-	s->created = 0;
-	for (size_t i = 0; i < n_ims && r == 0; i++)
-		r = commit_image(s, staging, &ims[i], tag, repos, err);
-	if (r == 0)
-		r = store_save_repos(s, repos, err);
+	r = commit_images(s, staging, ims, n_ims, tag, &lock, &repos, err);
 	for (size_t i = 0; i < n_ims && r == 0; i++) {
 		const char *t = json_string_value(json_array_get(ims[i].tags, 0));
 		if (t)
@@ -1095,19 +1103,7 @@ int import_image_with_layer(struct store *s, const char *config_bytes,
 	r = stage_layer(s, staging, top, NULL, err);
 	if (r < 0)
 		goto out;
-	lock = store_lock(s, err);
-	if (lock < 0) {
-		r = lock;
-		goto out;
-	}
-	if (!(repos = store_load_repos(s, err))) {
-		r = -EINVAL;
-		goto out;
-	}
-	s->created = 0;
-	r = commit_image(s, staging, &im, tag, repos, err);
-	if (r == 0 && tag)
-		r = store_save_repos(s, repos, err);
+	r = commit_images(s, staging, &im, 1, tag, &lock, &repos, err);
 	if (r == 0)
 		memcpy(id, im.id, HEXLEN + 1);
 out:
