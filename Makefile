@@ -105,6 +105,8 @@ bench: all
 	@benchmarks/run
 	@echo
 	@benchmarks/writebench.py
+	@echo
+	@benchmarks/podmanbench.py
 
 example: all
 	@tests/example.sh
