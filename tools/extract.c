@@ -342,9 +342,7 @@ static int fail(struct xtr *x, int r, const char *name, const char *fmt, ...)
 	return r;
 }
 
-/* The checks of names that import always made (tar names and hard link
- * targets alike). */
-static bool is_safe_relative(const char *p)
+bool path_is_safe_relative(const char *p)
 {
 	if (!p || !*p || p[0] == '/')
 		return false;
@@ -367,7 +365,7 @@ static int check_entry_name(const char *name, const char *what,
 		snprintf(err, ERRLEN, "%s: entry %s: absolute path", what, name);
 		return -EINVAL;
 	}
-	if (!is_safe_relative(name) && strcmp(name, ".") && strcmp(name, "./")) {
+	if (!path_is_safe_relative(name) && strcmp(name, ".") && strcmp(name, "./")) {
 		snprintf(err, ERRLEN, "%s: entry %.300s: %s", what, name,
 			 strlen(name) >= PATH_MAX ? "name too long"
 			 : strstr(name, "..") ? "path escapes the layer (..)"

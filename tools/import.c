@@ -100,20 +100,6 @@ static void progress_end(void)
 
 /* ---- safe paths inside the input ------------------------------------- */
 
-/* A relative path with no "..": what a manifest may name. */
-static bool is_safe_relative(const char *p)
-{
-	if (!p || !*p || p[0] == '/')
-		return false;
-	for (const char *c = p; *c;) {
-		const char *end = strchr(c, '/');
-		size_t len = end ? (size_t)(end - c) : strlen(c);
-		if ((len == 2 && c[0] == '.' && c[1] == '.') || len > NAME_MAX)
-			return false;
-		c += len + (end ? 1 : 0);
-	}
-	return strlen(p) < PATH_MAX;
-}
 
 /*
  * The input, as import reads it.  Every file is opened once, beneath the
@@ -185,7 +171,7 @@ static int input_open(const char *rel, char err[ERRLEN])
 	struct stat st;
 	int fd;
 
-	if (!is_safe_relative(rel)) {
+	if (!path_is_safe_relative(rel)) {
 		snprintf(err, ERRLEN, "manifest names an unsafe path: %s",
 			 rel ? rel : "(none)");
 		return -1;

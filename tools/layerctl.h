@@ -156,6 +156,11 @@ struct layer_pass {
 };
 int layer_pass_run(int fd, struct layer_pass *p);
 
+/* ---- extract.c: the name check of import (manifest names, tar entry
+ * names, hard link targets): relative, no "..", components within
+ * NAME_MAX, the whole within PATH_MAX. */
+bool path_is_safe_relative(const char *p);
+
 /* ---- export.c, import.c: pieces commit.c shares ----------------------- */
 
 /* Tar a container's upper directory as an OCI layer (export's canonical
