@@ -50,9 +50,26 @@ static _Thread_local struct {
 /* ------------------------------------------------------------------ */
 /* Attributes                                                          */
 
-int lfs_copy_xattrs(const char *src_path, const char *dst_path)
+/* The xattr calls on a source path: l* ones, or for a /proc/self/fd link
+ * (which the l* ones would take for the link itself) the following ones. */
+static ssize_t src_listxattr(const char *path, bool follow, char *list,
+			     size_t size)
 {
-	ssize_t len = llistxattr(src_path, NULL, 0);
+	return follow ? listxattr(path, list, size)
+		      : llistxattr(path, list, size);
+}
+
+static ssize_t src_getxattr(const char *path, bool follow, const char *name,
+			    void *value, size_t size)
+{
+	return follow ? getxattr(path, name, value, size)
+		      : lgetxattr(path, name, value, size);
+}
+
+static int copy_xattrs(const char *src_path, bool src_follow,
+		       const char *dst_path)
+{
+	ssize_t len = src_listxattr(src_path, src_follow, NULL, 0);
 	char *names = NULL, *value = NULL;
 	size_t value_cap = 0;
 	int r = 0;
@@ -62,7 +79,7 @@ int lfs_copy_xattrs(const char *src_path, const char *dst_path)
 	names = malloc((size_t)len);
 	if (!names)
 		return -ENOMEM;
-	len = llistxattr(src_path, names, (size_t)len);
+	len = src_listxattr(src_path, src_follow, names, (size_t)len);
 	if (len < 0) {
 		r = -errno;
 		goto out;
@@ -70,7 +87,7 @@ int lfs_copy_xattrs(const char *src_path, const char *dst_path)
 	for (char *n = names; n < names + len; n += strlen(n) + 1) {
 		if (lfs_xattr_is_private(n))
 			continue;
-		ssize_t vlen = lgetxattr(src_path, n, NULL, 0);
+		ssize_t vlen = src_getxattr(src_path, src_follow, n, NULL, 0);
 		if (vlen < 0)
 			continue;    /* gone, or a namespace we may not read */
 		if ((size_t)vlen > value_cap) {
@@ -82,7 +99,8 @@ int lfs_copy_xattrs(const char *src_path, const char *dst_path)
 			value = grown;
 			value_cap = (size_t)vlen;
 		}
-		vlen = lgetxattr(src_path, n, value, (size_t)vlen);
+		vlen = src_getxattr(src_path, src_follow, n, value,
+				    (size_t)vlen);
 		if (vlen < 0)
 			continue;
 		/* An upper that cannot hold a namespace (trusted.* for a
@@ -99,12 +117,18 @@ out:
 	return r;
 }
 
+int lfs_copy_xattrs(const char *src_path, const char *dst_path)
+{
+	return copy_xattrs(src_path, false, dst_path);
+}
+
 /* Give work/tmp the attributes st (and the xattrs of src_proc).  Order
  * matters: chown first (it clears set-id bits and file capabilities),
  * then the xattrs (security.capability among them), then the mode, then
  * the times (which every other change touches). */
-static int copy_attrs(struct lfs_upper *u, const char *tmp,
-		      const struct stat *st, const char *src_proc)
+static int copy_attrs_from(struct lfs_upper *u, const char *tmp,
+			   const struct stat *st, const char *src_proc,
+			   bool src_follow)
 {
 	char dst_proc[PATH_MAX];
 	struct timespec times[2] = { st->st_atim, st->st_mtim };
@@ -115,7 +139,7 @@ static int copy_attrs(struct lfs_upper *u, const char *tmp,
 	if (fchownat(u->work_fd, tmp, st->st_uid, st->st_gid,
 		     AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
-	r = lfs_copy_xattrs(src_proc, dst_proc);
+	r = copy_xattrs(src_proc, src_follow, dst_proc);
 	if (r < 0)
 		return r;
 	if (!S_ISLNK(st->st_mode) &&
@@ -124,6 +148,12 @@ static int copy_attrs(struct lfs_upper *u, const char *tmp,
 	if (utimensat(u->work_fd, tmp, times, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	return 0;
+}
+
+static int copy_attrs(struct lfs_upper *u, const char *tmp,
+		      const struct stat *st, const char *src_proc)
+{
+	return copy_attrs_from(u, tmp, st, src_proc, false);
 }
 
 /* ------------------------------------------------------------------ */
@@ -334,9 +364,7 @@ static int mark_copied_up(struct lfs_fs *fs, struct lfs_node *node,
 		if (index)
 			index->n_layers_read++;    /* the upper merges in */
 	}
-	/* Reads of a read-only mount's cached fd never happen here, but the
-	 * fd names the lower copy: let it go. */
-	lfs_node_close_data_fd(fs, node);
+	lfs_node_data_moved(fs, node);
 	return 0;
 }
 
@@ -679,6 +707,7 @@ static int fill_data(struct lfs_fs *fs, struct lfs_node *node, bool with_data)
 	node->data_layer = 0;
 	if (!node->is_orphan)
 		node->entry->data_layer = 0;
+	lfs_node_data_moved(fs, node);
 	lfs_ns_unlock(fs);
 	return 0;
 }
@@ -749,9 +778,13 @@ int lfs_copy_up_meta(struct lfs_fs *fs, struct lfs_node *node)
 	lfs_upper_tmpname(u, tmp);
 	r = build_meta_copy(fs, src_layer, path, tmp, &lst);
 	lfs_ns_wrlock(fs);
+	/* Set before publishing, so that the node's cached fd stays on the
+	 * data (lfs_node_data_moved). */
+	node->data_layer = src_layer;
 	r = publish_copy(fs, node, tmp, r);
+	if (r < 0)
+		node->data_layer = 0;
 	if (r == 0) {
-		node->data_layer = src_layer;
 		node->entry->data_layer = src_layer;
 		lfs_count(fs, LFS_C_COPYUPS, 1);
 		lfs_count(fs, LFS_C_COPYUP_META, 1);
@@ -823,6 +856,74 @@ int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data)
 out:
 	pthread_mutex_unlock(&node->copyup_mu);
 	return r;
+}
+
+/*
+ * A lower file whose name was removed while it was open is changed (files
+ * are opened without copy-up, see file.c): it becomes a nameless upper
+ * file, made in the work dir and unlinked there at once, as if kernel
+ * overlayfs had copied it up at open and then unlinked it (nlink 0).
+ */
+static int build_orphan_copy(struct lfs_fs *fs, const char *src_proc,
+			     int *ret_fd)
+{
+	struct lfs_upper *u = &fs->upper;
+	char tmp[32];
+	struct stat st;
+	int src, dst = -1, r;
+
+	src = open(src_proc, O_RDONLY | O_CLOEXEC);
+	if (src < 0)
+		return -errno;
+	r = fstat(src, &st) < 0 ? -errno : 0;
+	if (r == 0) {
+		lfs_upper_tmpname(u, tmp);
+		dst = openat(u->work_fd, tmp,
+			     O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+		r = dst < 0 ? -errno : 0;
+	}
+	if (r == 0)
+		r = copy_data(u, src, dst, st.st_size);
+	if (r == 0)
+		r = copy_attrs_from(u, tmp, &st, src_proc, true);
+	if (dst >= 0)
+		unlinkat(u->work_fd, tmp, 0);
+	close(src);
+	if (r < 0 && dst >= 0)
+		close(dst);
+	*ret_fd = r < 0 ? -1 : dst;
+	return r;
+}
+
+int lfs_copy_up_orphan(struct lfs_fs *fs, struct lfs_node *node)
+{
+	char src_proc[PATH_MAX];
+	int fd = -1, r;
+
+	if (!fs->writable)
+		return -EROFS;
+	pthread_mutex_lock(&node->copyup_mu);
+	lfs_ns_rdlock(fs);
+	r = node->layer == 0 ? 1
+	    : node->type != DT_REG || node->orphan_fd < 0
+		    ? -ESTALE
+		    : lfs_proc_path(src_proc, node->orphan_fd, "");
+	lfs_ns_unlock(fs);
+	if (r == 0)
+		r = build_orphan_copy(fs, src_proc, &fd);
+	if (r == 0) {
+		lfs_ns_wrlock(fs);
+		close(node->orphan_fd);
+		node->orphan_fd = fd;    /* read-write, but only a path here */
+		node->layer = 0;
+		node->data_layer = 0;
+		node->stat_rec = NULL;
+		lfs_node_data_moved(fs, node);
+		lfs_ns_unlock(fs);
+		lfs_count(fs, LFS_C_COPYUPS, 1);
+	}
+	pthread_mutex_unlock(&node->copyup_mu);
+	return r < 0 ? r : 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -17,10 +17,14 @@ struct lfs_fuse {
 	bool writeback;          /* writeback=1: the kernel's write cache */
 	bool acl;                /* POSIX ACLs enforced by the kernel (when
 				    it can): creates apply the umask */
-	/* Answer OPEN and OPENDIR with ENOSYS so the kernel stops sending
-	 * them (and their RELEASEs), keeping pages and listings cached.
-	 * Decided at mount: only a read-only merge can do without handles. */
-	bool zero_message_open;
+	/* Answer OPEN with ENOSYS so the kernel stops sending it and its
+	 * RELEASE (files then carry no handle: reads and writes use the
+	 * node's cached fd), keeping pages cached.  Decided at init. */
+	bool skip_open;
+	bool copyup_on_open;     /* -o copyup_on_open: never skip_open */
+	/* The same for OPENDIR: only a read-only merge, whose listings never
+	 * change, can list without a handle's snapshot. */
+	bool skip_opendir;
 };
 
 /* fuse_ops.c: the request handlers, for fuse_session_new(). */

@@ -34,6 +34,9 @@ static void usage(FILE *out)
 		"  whiteout=chardev|oci|auto  how removals are written\n"
 		"  fsync=0    do not sync copied-up data before publishing it\n"
 		"  metacopy=on  chmod/chown/utimes/xattrs copy no data\n"
+		"  copyup_on_open  an open for writing copies the file up at\n"
+		"             once, as kernel overlayfs does (default: at the\n"
+		"             first change; opens then cost no request)\n"
 		"  timeout    seconds the kernel may cache names and attributes\n"
 		"  index_cache=DIR|off  where digest-named layers' directory\n"
 		"             indexes are kept between mounts\n"
@@ -465,6 +468,7 @@ int main(int argc, char *argv[])
 	ctx.timeout = opts.timeout;
 	ctx.read_only = !opts.upperdir;
 	ctx.writeback = opts.writeback && opts.upperdir;
+	ctx.copyup_on_open = opts.copyup_on_open && opts.upperdir;
 	ctx.acl = !opts.noacl && !opts.noxattrs;
 	/* Objects get exactly the mode the caller asked for (the kernel has
 	 * applied the caller's umask already). */

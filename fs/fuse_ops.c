@@ -173,9 +173,14 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 
 	/* Skipping OPEN/OPENDIR needs the kernel to take ENOSYS for "no
 	 * handle needed" (Linux 4.20 and 5.1); older ones would fail them. */
-	f->zero_message_open = f->read_only &&
-			       (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) &&
-			       (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT);
+	f->skip_open = !f->copyup_on_open &&
+		       (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT);
+	f->skip_opendir = f->read_only &&
+			  (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT);
+	/* With atomic O_TRUNC the kernel leaves truncation to an OPEN it
+	 * no longer sends: let it truncate through SETATTR instead. */
+	if (f->skip_open)
+		conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 	/* Read replies splice the layer file's pages straight to the kernel. */
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
 		conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
@@ -279,7 +284,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 	struct lfs_dir *dir;
 	int r;
 
-	if (ctx(req)->zero_message_open) {
+	if (ctx(req)->skip_opendir) {
 		fuse_reply_err(req, ENOSYS);
 		return;
 	}
@@ -339,7 +344,7 @@ static size_t add_plus(fuse_req_t req, char *buf, size_t room,
 }
 
 /* Entry off of the directory: through the handle, or without one when
- * the kernel skips OPENDIR (zero_message_open). */
+ * the kernel skips OPENDIR (skip_opendir). */
 static int dir_entry(fuse_req_t req, struct lfs_node *node,
 		     struct fuse_file_info *fi, off_t off, struct lfs_dirent *d)
 {
@@ -506,7 +511,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	TIMED(req, K_OPEN);
 	int fd, r;
 
-	if (ctx(req)->zero_message_open && (fi->flags & O_ACCMODE) == O_RDONLY) {
+	/* Once is enough: the kernel opens every file without us from then
+	 * on (this one included), writes too; see skip_open. */
+	if (ctx(req)->skip_open) {
 		fuse_reply_err(req, ENOSYS);
 		return;
 	}
@@ -529,17 +536,28 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		handle_close(req, fi->fh);
 }
 
-/* The fd behind a request: its open handle, or (zero_message_open) the
- * node's data fd.  *ret_owned: the caller must close it. */
-static int file_fd(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
-		   int *ret_fd, bool *ret_owned)
+/* Whether a request on a file carries an open handle: files opened by
+ * CREATE have one; with skip_open, other files have none (fh 0). */
+static bool has_handle(fuse_req_t req, const struct fuse_file_info *fi)
 {
-	if (!ctx(req)->zero_message_open) {
+	return fi && (!ctx(req)->skip_open || fi->fh != 0);
+}
+
+/* The fd behind a request: its open handle's, or the node's cached fd
+ * (for writing: on the upper copy, made now if need be).  *ret_owned:
+ * the caller must close it. */
+static int file_fd(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+		   bool write, int *ret_fd, bool *ret_owned)
+{
+	struct lfs_node *node = node_of(req, ino);
+
+	if (has_handle(req, fi)) {
 		*ret_fd = handle_fd(req, ino, fi->fh);
 		*ret_owned = false;
 		return 0;
 	}
-	return lfs_data_fd(ctx(req)->fs, node_of(req, ino), ret_fd, ret_owned);
+	return write ? lfs_write_fd(ctx(req)->fs, node, ret_fd, ret_owned)
+		     : lfs_data_fd(ctx(req)->fs, node, ret_fd, ret_owned);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -549,7 +567,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
 	bool owned;
 	int fd;
-	int r = file_fd(req, ino, fi, &fd, &owned);
+	int r = file_fd(req, ino, fi, false, &fd, &owned);
 
 	if (r < 0) {
 		reply_err(req, r);
@@ -568,7 +586,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 {
 	TIMED(req, K_RELEASE);
 	(void)ino;
-	handle_close(req, fi->fh);
+	if (has_handle(req, fi))
+		handle_close(req, fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -588,9 +607,14 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 	TIMED(req, K_FSYNC);
 	int fd;
 
+	if (!has_handle(req, fi)) {
+		reply_err(req, lfs_fsync(ctx(req)->fs, node_of(req, ino),
+					 datasync != 0));
+		return;
+	}
 	/* Lower layers are never written: only an upper file has anything
-	 * to sync, and a read-only mount has no handles. */
-	if (ctx(req)->read_only || ctx(req)->zero_message_open) {
+	 * to sync, and a read-only mount has no handles to write through. */
+	if (ctx(req)->read_only) {
 		fuse_reply_err(req, 0);
 		return;
 	}
@@ -700,7 +724,7 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 	TIMED(req, K_LSEEK);
 	bool owned;
 	int fd;
-	int r = file_fd(req, ino, fi, &fd, &owned);
+	int r = file_fd(req, ino, fi, false, &fd, &owned);
 
 	if (r < 0) {
 		reply_err(req, r);
@@ -775,7 +799,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	struct stat st;
 	int r = lfs_setattr(ctx(req)->fs, node_of(req, ino), attr,
 			    setattr_mask(to_set),
-			    fi ? handle_fd(req, ino, fi->fh) : -1, &st);
+			    has_handle(req, fi) ? handle_fd(req, ino, fi->fh)
+						: -1,
+			    &st);
 
 	if (r < 0)
 		reply_err(req, r);
@@ -864,15 +890,29 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param e;
 	struct lfs_node *node;
 	struct stat st;
+	int flags = open_flags(req, fi->flags);
+
+	/* Without handles (skip_open) the fd becomes the node's, for reads
+	 * and writes alike: the kernel sends no RELEASE for it. */
+	if (f->skip_open)
+		flags = (flags & ~O_ACCMODE) | O_RDWR;
 	int fd = lfs_create(f->fs, node_of(req, parent), name,
-			    new_mode(req, mode), open_flags(req, fi->flags), &c,
-			    &node, &st);
+			    new_mode(req, mode), flags, &c, &node, &st);
 
 	if (fd < 0) {
 		reply_err(req, fd);
 		return;
 	}
 	fill_entry(f, &e, node, &st);
+	fi->keep_cache = 1;
+	fi->noflush = 1;
+	if (f->skip_open) {
+		lfs_adopt_data_fd(f->fs, node, fd);
+		fi->fh = 0;
+		if (fuse_reply_create(req, &e, fi) != 0)
+			lfs_node_unref(f->fs, node, 1);
+		return;
+	}
 	int r = handle_new(req, node, fd, &fi->fh);
 	if (r < 0) {
 		close(fd);
@@ -880,8 +920,6 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 		reply_err(req, r);
 		return;
 	}
-	fi->keep_cache = 1;
-	fi->noflush = 1;
 	if (fuse_reply_create(req, &e, fi) != 0) {
 		handle_close(req, fi->fh);
 		lfs_node_unref(f->fs, node, 1);
@@ -902,8 +940,8 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	reply_err(req, lfs_removexattr(ctx(req)->fs, node_of(req, ino), name));
 }
 
-/* Data written to an open upper file: the handle's fd takes it, spliced
- * from the request when the kernel sent it that way. */
+/* Data written to an upper file: its fd takes it, spliced from the
+ * request when the kernel sent it that way. */
 static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 			 struct fuse_bufvec *in, off_t off,
 			 struct fuse_file_info *fi)
@@ -911,25 +949,41 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino,
 	TIMED(req, K_WRITE_BUF);
 	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
 	ssize_t n;
+	bool owned;
+	int fd;
+	int r = file_fd(req, ino, fi, true, &fd, &owned);
 
+	if (r < 0) {
+		reply_err(req, r);
+		return;
+	}
 	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	out.buf[0].fd = handle_fd(req, ino, fi->fh);
+	out.buf[0].fd = fd;
 	out.buf[0].pos = off;
 	n = fuse_buf_copy(&out, in, 0);
 	if (n < 0)
 		reply_err(req, (int)n);
 	else
 		fuse_reply_write(req, (size_t)n);
+	if (owned)
+		close(fd);
 }
 
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
 			 off_t offset, off_t length, struct fuse_file_info *fi)
 {
 	TIMED(req, K_FALLOCATE);
-	if (fallocate(handle_fd(req, ino, fi->fh), mode, offset, length) < 0)
-		fuse_reply_err(req, errno);
-	else
-		fuse_reply_err(req, 0);
+	bool owned;
+	int fd;
+	int r = file_fd(req, ino, fi, true, &fd, &owned);
+
+	if (r == 0) {
+		if (fallocate(fd, mode, offset, length) < 0)
+			r = -errno;
+		if (owned)
+			close(fd);
+	}
+	reply_err(req, r);
 }
 
 static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in,
@@ -940,15 +994,26 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in,
 {
 	TIMED(req, K_COPY_FILE_RANGE);
 	loff_t in = off_in, out = off_out;
-	ssize_t n;
+	int fd_in = -1, fd_out = -1;
+	bool own_in = false, own_out = false;
+	ssize_t n = 0;
+	int r = file_fd(req, ino_in, fi_in, false, &fd_in, &own_in);
 
-	n = copy_file_range(handle_fd(req, ino_in, fi_in->fh), &in,
-			    handle_fd(req, ino_out, fi_out->fh), &out, len,
-			    (unsigned)flags);
-	if (n < 0)
-		fuse_reply_err(req, errno);
+	if (r == 0)
+		r = file_fd(req, ino_out, fi_out, true, &fd_out, &own_out);
+	if (r == 0) {
+		n = copy_file_range(fd_in, &in, fd_out, &out, len,
+				    (unsigned)flags);
+		r = n < 0 ? -errno : 0;
+	}
+	if (r < 0)
+		reply_err(req, r);
 	else
 		fuse_reply_write(req, (size_t)n);
+	if (own_in)
+		close(fd_in);
+	if (own_out)
+		close(fd_out);
 }
 
 const struct fuse_lowlevel_ops lfs_fuse_ops = {

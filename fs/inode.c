@@ -49,10 +49,10 @@ static int copy_up_for_change(struct lfs_fs *fs, struct lfs_node *node,
 {
 	if (!fs->writable)
 		return -EROFS;
-	/* An orphan has nothing to copy to: changed where it is (upper) or
-	 * not at all (lower, ESTALE below). */
+	/* An orphan is changed where it is (upper), or first becomes a
+	 * nameless upper copy (a lower file; others: ESTALE below). */
 	if (node->is_orphan)
-		return 0;
+		return node->type == DT_REG ? lfs_copy_up_orphan(fs, node) : 0;
 	return data_change ? lfs_copy_up(fs, node, with_data)
 			   : lfs_copy_up_meta(fs, node);
 }

@@ -199,7 +199,8 @@ struct lfs_node {
 	/* dir: built lazily under mu, then published for lock-free reads */
 	_Atomic(struct lfs_dirindex *) index;
 	const struct lfs_layer_list *dir_layers;  /* dir: borrowed */
-	_Atomic int data_fd;       /* file: cached read fd or -1; see file.c */
+	_Atomic int data_fd;       /* file: cached data fd or -1; see file.c */
+	atomic_bool data_fd_writable;  /* data_fd is open read-write */
 	const void *stat_rec;      /* borrowed: recorded attributes or NULL */
 	/* Writable mounts.  Lock order: copyup_mu, then fs->ns_lock, then
 	 * node mu's (one at a time). */
@@ -314,6 +315,8 @@ int lfs_copy_up(struct lfs_fs *fs, struct lfs_node *node, bool with_data);
 /* Copy node's metadata up without its data where the mount allows it
  * (metacopy=on, a regular file with one name), else as lfs_copy_up. */
 int lfs_copy_up_meta(struct lfs_fs *fs, struct lfs_node *node);
+/* An orphan's lower file becomes a nameless upper copy, to be changed. */
+int lfs_copy_up_orphan(struct lfs_fs *fs, struct lfs_node *node);
 /* The same for directories, with the ns lock held for writing. */
 int lfs_copy_up_dir_locked(struct lfs_fs *fs, struct lfs_node *dir);
 /* Copy up dir and everything visible below it, so that the upper copy
@@ -448,6 +451,9 @@ struct lfs_layercache *lfs_fs_layercache(struct lfs_fs *fs, uint32_t layer);
 
 /* file.c: give back node's cached data fd when the node dies. */
 void lfs_node_close_data_fd(struct lfs_fs *fs, struct lfs_node *node);
+/* file.c: node's data now comes from another place (a copy-up, with the
+ * ns lock held for writing): make its cached fd name the new place. */
+void lfs_node_data_moved(struct lfs_fs *fs, struct lfs_node *node);
 
 /* Reported inode number of the object (layer, real_ino). */
 uint64_t lfs_fs_ino(struct lfs_fs *fs, uint32_t layer, uint64_t real_ino);

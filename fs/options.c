@@ -270,6 +270,7 @@ static int parse_one(struct lfs_options *o, const char *opt,
 		{ "noacl", offsetof(struct lfs_options, noacl) },
 		{ "noxattrs", offsetof(struct lfs_options, noxattrs) },
 		{ "volatile", offsetof(struct lfs_options, volatile_upper) },
+		{ "copyup_on_open", offsetof(struct lfs_options, copyup_on_open) },
 	};
 	for (size_t i = 0; i < sizeof(flags) / sizeof(*flags); i++)
 		if (!value && keylen == strlen(flags[i].name) &&

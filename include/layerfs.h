@@ -63,6 +63,9 @@ struct lfs_options {
 	bool volatile_upper;   /* volatile: no syncs; a dirty upper refused */
 	bool threaded;         /* threaded=0 serves on one thread (like -s) */
 	bool writeback;        /* writeback=1: the kernel's writeback cache */
+	bool copyup_on_open;   /* copyup_on_open: an open for writing copies
+				  up at once, as the kernel does (costs an
+				  OPEN and RELEASE request per open(2)) */
 	double timeout;        /* kernel cache timeout, seconds */
 	bool foreground;       /* -f */
 	bool debug;            /* -d: libfuse request log, implies -f */
@@ -255,6 +258,16 @@ int lfs_open(struct lfs_fs *fs, struct lfs_node *node, int flags);
  */
 int lfs_data_fd(struct lfs_fs *fs, struct lfs_node *node, int *ret_fd,
 		bool *ret_owned);
+/* The same for writing: the file is copied up first (with its data), and
+ * the fd is open read-write on the upper copy.  -EROFS on a read-only
+ * mount. */
+int lfs_write_fd(struct lfs_fs *fs, struct lfs_node *node, int *ret_fd,
+		 bool *ret_owned);
+/* Give node fd (read-write, on its upper copy, just created) as its
+ * cached data fd; closed if it cannot be cached. */
+void lfs_adopt_data_fd(struct lfs_fs *fs, struct lfs_node *node, int fd);
+/* fsync(2) of node's data (a file's upper copy; nothing to do below). */
+int lfs_fsync(struct lfs_fs *fs, struct lfs_node *node, bool datasync);
 int lfs_readlink(struct lfs_fs *fs, struct lfs_node *node, char *buf,
 		 size_t size);
 int lfs_statfs(struct lfs_fs *fs, struct statvfs *ret);

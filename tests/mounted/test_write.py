@@ -357,11 +357,12 @@ def commit_check(c, ctx, lfs, ignore=()):
 
 
 def both(ctx, spec, scenario, expect=None, prep=None, kernel_opts=(),
-         commit=True, ignore=IGNORE, compare_upper=True, commit_ignore=()):
+         commit=True, ignore=IGNORE, compare_upper=True, commit_ignore=(),
+         lfs_opts=()):
     """Run scenario on layerfs and on the kernel, check expect(c, side)
     on both, compare them, then the commit check; raise on any problem."""
     c = Checks()
-    lfs = run_side(ctx, spec, scenario, prep)
+    lfs = run_side(ctx, spec, scenario, prep, opts=lfs_opts)
     ker = run_side(ctx, spec, scenario, prep, kernel=True, opts=kernel_opts)
     for s in (lfs, ker):
         c.who = s.name
@@ -465,7 +466,9 @@ def _copyup_prep(stack):
 def wr_to_lower_file_copies_up(ctx):
     """Writing to a lower file copies it up with its mode, owner, xattrs
     and (until the write) mtime; the lower file stays byte-identical
-    (check_invariants).  A 3 MiB file is patched in its middle."""
+    (check_invariants).  A 3 MiB file is patched in its middle.  With
+    -o copyup_on_open, an open for writing copies up as the kernel's does
+    (wr_open_for_writing_copies_up_at_first_change: the default)."""
     def scenario(s):
         r, p = s.r, s.p
         fd = os.open(p("etc/conf"), os.O_WRONLY | os.O_APPEND)
@@ -505,7 +508,65 @@ def wr_to_lower_file_copies_up(ctx):
         c.upper_file(s, "etc/keep", b"keep", mode="0751", uid=1234,
                      gid=5678, mtime=FIXED_NS)
 
-    both(ctx, "d etc\n--\nd etc", scenario, expect, prep=_copyup_prep)
+    both(ctx, "d etc\n--\nd etc", scenario, expect, prep=_copyup_prep,
+         lfs_opts=("copyup_on_open",))
+
+
+@test(kernel=True)
+def wr_open_for_writing_copies_up_at_first_change(ctx):
+    """By default layerfs lets the kernel open files without a request,
+    so an open for writing copies nothing up: the first change does (a
+    write, an ftruncate, O_TRUNC).  The merged view is the kernel's
+    throughout; only a file opened for writing and never changed is not
+    in the upper dir (the kernel copies it at open).  A reader's earlier
+    fd sees the writes of a later one."""
+    def scenario(s):
+        r, p = s.r, s.p
+        r.do("open etc/keep O_RDWR", openclose, p("etc/keep"), os.O_RDWR)
+        r.get("stat etc/keep", st, p("etc/keep"))
+        rfd = os.open(p("etc/conf"), os.O_RDONLY)
+        wfd = os.open(p("etc/conf"), os.O_WRONLY)
+        try:
+            r.get("fstat etc/conf before write", st, wfd)
+            r.get("pwrite etc/conf", os.pwrite, wfd, b"UPPER", 0)
+            r.get("pread etc/conf through the earlier fd", os.pread, rfd,
+                  100, 0)
+        finally:
+            os.close(rfd)
+            os.close(wfd)
+        fd = os.open(p("etc/big"), os.O_RDWR)
+        try:
+            r.do("ftruncate etc/big", os.ftruncate, fd, 5)
+            r.get("pread etc/big", os.pread, fd, 100, 0)
+        finally:
+            os.close(fd)
+        r.do("O_TRUNC etc/trunc", openclose, p("etc/trunc"),
+             os.O_WRONLY | os.O_TRUNC)
+        r.get("stat etc/trunc", st, p("etc/trunc"))
+        for f in ("etc/conf", "etc/big", "etc/trunc", "etc/keep"):
+            r.get("read " + f, read, p(f))
+
+    def expect(c, s):
+        c.step(s, "pwrite etc/conf", 5)
+        c.step(s, "pread etc/conf through the earlier fd", b"UPPER-conf")
+        c.step(s, "pread etc/big", BIG[:5])
+        c.eq(s.r["stat etc/trunc"]["size"], 0, "etc/trunc size")
+        c.eq(s.r["stat etc/keep"]["mtime_fixed"], True, "etc/keep mtime")
+        c.upper_file(s, "etc/conf", b"UPPER-conf", mode="0640", uid=1234,
+                     gid=5678)
+        c.upper_file(s, "etc/big", BIG[:5], mode="0600")
+        c.upper_file(s, "etc/trunc", b"", mode="0640")
+        if s.kernel:
+            c.upper_file(s, "etc/keep", b"keep", mode="0751")
+        else:
+            c.upper_absent(s, "etc/keep")
+
+    def prep(stack):
+        _copyup_prep(stack)
+        stack[1].file("etc/trunc", b"trunc me", 0o640)
+
+    both(ctx, "d etc\n--\nd etc", scenario, expect, prep=prep,
+         compare_upper=False)
 
 
 # ---------------------------------------------------------------- truncate
@@ -1667,9 +1728,15 @@ def wr_flock_and_fcntl_locks(ctx):
         c.ok(s.r["lockf child"] in ("EAGAIN", "EACCES"),
              "child's lockf: %r, want EAGAIN/EACCES" % s.r["lockf child"])
         c.upper_absent(s, "k/ro")
-        c.upper_file(s, "k/rw", b"rw")
+        # Opened for writing, never written: the kernel copies up at open,
+        # layerfs at the first change (see wr_open_for_writing_...).
+        if s.kernel:
+            c.upper_file(s, "k/rw", b"rw")
+        else:
+            c.upper_absent(s, "k/rw")
 
-    both(ctx, "d k\n--\nf k/ro ro\nf k/rw rw", scenario, expect)
+    both(ctx, "d k\n--\nf k/ro ro\nf k/rw rw", scenario, expect,
+         compare_upper=False)
 
 
 # ---------------------------------------------------------------- st_ino
