@@ -19,43 +19,61 @@
 
 #define OVERFLOW_ID 65534u
 
+/* Append the range (disk, shown, len) to *v (n entries). */
+static int add_range(struct lfs_id_range **v, size_t *n,
+		     const unsigned long f[3])
+{
+	struct lfs_id_range *grown;
+
+	if (f[2] == 0 || f[0] + f[2] - 1 > UINT32_MAX ||
+	    f[1] + f[2] - 1 > UINT32_MAX)
+		return -EINVAL;
+	grown = realloc(*v, (*n + 1) * sizeof(**v));
+	if (!grown)
+		return -ENOMEM;
+	*v = grown;
+	grown[(*n)++] = (struct lfs_id_range){ (uint32_t)f[0], (uint32_t)f[1],
+					       (uint32_t)f[2] };
+	return 0;
+}
+
+/* Numbers joined by ':', three to a range.  Empty fields are skipped, as
+ * fuse-overlayfs does: containers/storage writes a leading ':'. */
 int lfs_parse_id_map(const char *spec, struct lfs_id_range **ret,
 		     size_t *ret_n)
 {
 	struct lfs_id_range *v = NULL;
-	size_t n = 0;
+	size_t n = 0, nf = 0;
+	unsigned long f[3];
 	const char *p = spec;
+	int r = 0;
 
-	while (*p) {
-		unsigned long f[3];
-		for (int i = 0; i < 3; i++) {
-			char *end;
-			errno = 0;
-			f[i] = strtoul(p, &end, 10);
-			if (end == p || errno || f[i] > UINT32_MAX ||
-			    (*end != ':' && *end != '\0') ||
-			    (i < 2 && *end != ':')) {
-				free(v);
-				return -EINVAL;
-			}
-			p = *end ? end + 1 : end;
+	while (*p && r == 0) {
+		char *end;
+
+		if (*p == ':') {
+			p++;
+			continue;
 		}
-		if (f[2] == 0 || f[0] + f[2] - 1 > UINT32_MAX ||
-		    f[1] + f[2] - 1 > UINT32_MAX) {
-			free(v);
-			return -EINVAL;
+		errno = 0;
+		f[nf] = strtoul(p, &end, 10);
+		if (*p < '0' || *p > '9' || errno || f[nf] > UINT32_MAX ||
+		    (*end != ':' && *end != '\0')) {
+			r = -EINVAL;
+			break;
 		}
-		struct lfs_id_range *grown = realloc(v, (n + 1) * sizeof(*v));
-		if (!grown) {
-			free(v);
-			return -ENOMEM;
+		p = end;
+		if (++nf == 3) {
+			r = add_range(&v, &n, f);
+			nf = 0;
 		}
-		v = grown;
-		v[n++] = (struct lfs_id_range){ (uint32_t)f[0], (uint32_t)f[1],
-						(uint32_t)f[2] };
 	}
-	if (n == 0)
-		return -EINVAL;
+	if (r == 0 && (nf != 0 || n == 0))
+		r = -EINVAL;
+	if (r < 0) {
+		free(v);
+		return r;
+	}
 	*ret = v;
 	*ret_n = n;
 	return 0;

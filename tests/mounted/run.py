@@ -45,6 +45,7 @@ import test_write_meta            # noqa: E402,F401
 import test_podman                # noqa: E402,F401
 import test_owner                 # noqa: E402,F401
 import test_rootless              # noqa: E402,F401
+import test_podman_rootless       # noqa: E402,F401
 import test_kernel                  # noqa: E402,F401
 import test_write  # noqa: E402,F401
 import test_write_random  # noqa: E402,F401

@@ -279,6 +279,32 @@ TEST(id_maps_parse_triples_and_refuse_the_rest)
 	CHECK_ERR(lfs_parse_id_map("0:1000:0", &v, &n), EINVAL);
 	CHECK_ERR(lfs_parse_id_map("a:b:c", &v, &n), EINVAL);
 	CHECK_ERR(lfs_parse_id_map("", &v, &n), EINVAL);
+	CHECK_ERR(lfs_parse_id_map(":", &v, &n), EINVAL);
+	CHECK_ERR(lfs_parse_id_map("0:-1:5", &v, &n), EINVAL);
+	CHECK_ERR(lfs_parse_id_map("0: 1:5", &v, &n), EINVAL);
+	CHECK_ERR(lfs_parse_id_map("0:1:5:7", &v, &n), EINVAL);
+}
+
+/* containers/storage writes the maps of --userns=keep-id and --uidmap
+ * with a leading ':'; fuse-overlayfs skips empty fields, so do we. */
+TEST(id_maps_skip_empty_fields_as_podman_writes_them)
+{
+	struct lfs_id_range *v;
+	size_t n;
+
+	CHECK_OK(lfs_parse_id_map(":0:1:4000:4000:0:1:4001:4001:61536", &v,
+				  &n));
+	CHECK_INT(n, 3);
+	CHECK_INT(v[0].disk, 0);
+	CHECK_INT(v[0].shown, 1);
+	CHECK_INT(v[0].len, 4000);
+	CHECK_INT(v[2].disk, 4001);
+	CHECK_INT(v[2].shown, 4001);
+	CHECK_INT(v[2].len, 61536);
+	free(v);
+	CHECK_OK(lfs_parse_id_map("0:0:65536:", &v, &n));
+	CHECK_INT(n, 1);
+	free(v);
 }
 
 TEST(options_collect_fuse_mount_options)
