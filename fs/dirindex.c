@@ -63,6 +63,19 @@ static int entry_add(struct lfs_dirindex *index,
 		free(e);
 		return -ENOMEM;
 	}
+	if (index->n_order == index->cap_order) {
+		size_t cap = index->cap_order ? index->cap_order * 2 : 16;
+		struct lfs_entry **grown = realloc(index->order,
+						   cap * sizeof(*grown));
+		if (!grown) {
+			HASH_DEL(index->by_name, e);
+			free(e);
+			return -ENOMEM;
+		}
+		index->order = grown;
+		index->cap_order = cap;
+	}
+	index->order[index->n_order++] = e;
 	index->n_entries++;
 	index->bytes += sizeof(*e) + len + 1;
 	*ret = e;
@@ -282,10 +295,17 @@ int lfs_dirindex_build(struct lfs_fs *fs, const char *relpath,
 	r = index_make_visible_list(index);
 	if (r < 0)
 		goto fail;
+	if (!fs->writable) {
+		/* A read-only index never changes: visible is its order. */
+		free(index->order);
+		index->order = NULL;
+		index->n_order = index->cap_order = 0;
+	}
 	lfs_count(fs, LFS_C_INDEX_BUILT, 1);
 	lfs_count(fs, LFS_C_INDEX_ENTRIES, index->n_entries);
 	lfs_count(fs, LFS_C_INDEX_BYTES,
-		  index->bytes + index->n_entries * sizeof(void *));
+		  index->bytes + (index->n_entries + index->cap_order) *
+					 sizeof(void *));
 	*ret = index;
 	return 0;
 fail:
@@ -305,6 +325,7 @@ void lfs_dirindex_free(struct lfs_dirindex *index)
 		free(e);
 	}
 	free(index->visible);
+	free(index->order);
 	free(index);
 }
 

@@ -22,8 +22,7 @@ struct lfs_fuse {
 	 * node's cached fd), keeping pages cached.  Decided at init. */
 	bool skip_open;
 	bool copyup_on_open;     /* -o copyup_on_open: never skip_open */
-	/* The same for OPENDIR: only a read-only merge, whose listings never
-	 * change, can list without a handle's snapshot. */
+	/* The same for OPENDIR (listings need no handle, see readdir.c). */
 	bool skip_opendir;
 };
 

@@ -175,7 +175,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	 * handle needed" (Linux 4.20 and 5.1); older ones would fail them. */
 	f->skip_open = !f->copyup_on_open &&
 		       (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT);
-	f->skip_opendir = f->read_only &&
+	f->skip_opendir = !f->copyup_on_open &&
 			  (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT);
 	/* With atomic O_TRUNC the kernel leaves truncation to an OPEN it
 	 * no longer sends: let it truncate through SETATTR instead. */
@@ -188,8 +188,13 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
-	if (conn->capable & FUSE_CAP_READDIRPLUS)
-		conn->want |= FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO;
+	/* Attributes with every listing batch, not the first only (the
+	 * kernel's "auto" mode): a name listed without them costs a LOOKUP
+	 * when it is opened or stat'ed, as find | xargs and tar do. */
+	if (conn->capable & FUSE_CAP_READDIRPLUS) {
+		conn->want |= FUSE_CAP_READDIRPLUS;
+		conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+	}
 	/* ACLs: the kernel checks them (default_permissions) and leaves the
 	 * umask to us, as an ACL may say otherwise. */
 	f->acl = f->acl && (conn->capable & FUSE_CAP_POSIX_ACL);

@@ -147,6 +147,12 @@ struct lfs_dirindex {
 					 mounts only (writable ones list
 					 the hash) */
 	size_t n_visible;
+	/* Every entry, hidden ones too, in insertion order (writable
+	 * mounts): an entry's place never changes, as entries are only
+	 * added, so a position is a listing offset that stays valid while
+	 * names come and go (readdir.c). */
+	struct lfs_entry **order;     /* owned */
+	size_t n_order, cap_order;
 	size_t n_entries;             /* including whiteouts */
 	size_t bytes;                 /* memory of the entries (counters) */
 	uint32_t n_layers_read;       /* after opaque truncation */

@@ -6,9 +6,15 @@
  * so it stays valid across calls and across opens: the index of a
  * read-only merge never changes once built.
  *
- * On a writable mount the index changes, so an open directory lists a
- * snapshot taken at offset 0 (opendir, rewinddir), as kernel overlayfs
- * caches a merged listing per open directory.
+ * On a writable mount the index changes.  Listings without a handle walk
+ * the index's insertion order, hidden entries skipped: an entry keeps its
+ * place for the index's life (names removed stay as hidden entries, new
+ * ones are appended or take their old name's place), so an offset stays
+ * valid however names come and go, and a name present throughout a
+ * listing is listed exactly once, as POSIX asks.  A listing through a
+ * handle (a kernel that cannot skip OPENDIR) reads a snapshot taken at
+ * offset 0 (opendir, rewinddir), as kernel overlayfs caches a merged
+ * listing per open directory.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -151,6 +157,48 @@ int lfs_readdir_at(struct lfs_dir *dir, off_t off, struct lfs_dirent *ret)
 	return lfs_readdir_node(dir->fs, dir->node, off, ret);
 }
 
+/* A writable mount's listing without a handle (see the top). */
+static int readdir_live(struct lfs_fs *fs, struct lfs_node *node, off_t off,
+			struct lfs_dirent *ret)
+{
+	struct lfs_dirindex *index;
+	size_t pos = (size_t)off - 2;
+	int r = 0;
+
+	lfs_ns_rdlock(fs);
+	if (off < 2) {
+		/* ".." of a directory renamed meanwhile is its new parent. */
+		struct lfs_node *target = off == 0 || !node->parent
+						  ? node : node->parent;
+		ret->name = off == 0 ? "." : "..";
+		ret->ino = target->ino;
+		ret->type = DT_DIR;
+		ret->next_off = off + 1;
+		r = 1;
+		goto out;
+	}
+	if (node->is_orphan)
+		goto out;    /* removed: only "." and ".." */
+	r = lfs_node_index(fs, node, &index);
+	if (r < 0)
+		goto out;
+	while (pos < index->n_order && index->order[pos]->is_whiteout)
+		pos++;
+	if (pos >= index->n_order)
+		goto out;
+	/* The name stays valid after the unlock: entries live as long as
+	 * the index, which lives as long as the node the caller holds. */
+	const struct lfs_entry *e = index->order[pos];
+	ret->name = e->name;
+	ret->ino = lfs_entry_ino(fs, e);
+	ret->type = e->type;
+	ret->next_off = (off_t)pos + 3;
+	r = 1;
+out:
+	lfs_ns_unlock(fs);
+	return r;
+}
+
 int lfs_readdir_node(struct lfs_fs *fs, struct lfs_node *node, off_t off,
 		     struct lfs_dirent *ret)
 {
@@ -159,6 +207,8 @@ int lfs_readdir_node(struct lfs_fs *fs, struct lfs_node *node, off_t off,
 
 	if (off < 0)
 		return -EINVAL;
+	if (fs->writable)
+		return readdir_live(fs, node, off, ret);
 	if (off < 2) {
 		struct lfs_node *target = off == 0 || !node->parent
 						  ? node : node->parent;

@@ -389,7 +389,8 @@ void lfs_closedir(struct lfs_fs *fs, struct lfs_dir *dir);
  * a fixed order).  Returns 1 with *ret filled, 0 at the end, or -errno.
  */
 int lfs_readdir_at(struct lfs_dir *dir, off_t off, struct lfs_dirent *ret);
-/* The same without a handle: a read-only merge's listing never changes. */
+/* The same without a handle: offsets stay valid as names come and go, so
+ * a name present throughout a listing is listed once (see readdir.c). */
 int lfs_readdir_node(struct lfs_fs *fs, struct lfs_node *node, off_t off,
 		     struct lfs_dirent *ret);
 

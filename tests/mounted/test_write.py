@@ -1739,6 +1739,68 @@ def wr_flock_and_fcntl_locks(ctx):
          compare_upper=False)
 
 
+# ---------------------------------------------------------------- listings
+
+LIST_N = 400
+
+
+def _listing_spec():
+    lines = ["d l", "--", "d l"]
+    lines += ["f l/a%03d lower" % i for i in range(LIST_N)]
+    lines += ["f l/c%03d churn" % i for i in range(LIST_N)]
+    return "\n".join(lines)
+
+
+@test(kernel=True)
+def wr_listing_while_names_change(ctx, lfs_opts=()):
+    """A directory listed while names in it are removed and made: every
+    name present throughout is listed exactly once, none twice (POSIX);
+    and an rm -rf-style pass (unlink each name as it is listed) empties
+    the directory in one go.  Lower and upper names, several getdents
+    batches.  layerfs lists without a handle (offsets are places in the
+    index that never move), the kernel from its per-open cache."""
+    def scenario(s):
+        r, p = s.r, s.p
+        for i in range(LIST_N):
+            with open(p("l/u%03d" % i), "wb") as f:
+                f.write(b"upper")
+        seen, made = [], 0
+        with os.scandir(p("l")) as it:
+            for e in it:
+                seen.append(os.fsdecode(e.name))
+                if len(seen) % 2 == 0 and len(seen) // 2 < LIST_N:
+                    os.unlink(p("l/c%03d" % (len(seen) // 2)))
+                    with open(p("l/n%03d" % made), "wb") as f:
+                        f.write(b"new")
+                    made += 1
+        stable = ["a%03d" % i for i in range(LIST_N)] + \
+                 ["u%03d" % i for i in range(LIST_N)]
+        counts = {n: seen.count(n) for n in set(seen)}
+        r["stable names listed once"] = all(counts.get(n) == 1
+                                            for n in stable)
+        r["names listed twice"] = sorted(n for n, c in counts.items()
+                                         if c > 1)
+        with os.scandir(p("l")) as it:
+            for e in it:
+                os.unlink(p("l/" + os.fsdecode(e.name)))
+        r.get("ls l after one unlinking pass", ls, p("l"))
+
+    def expect(c, s):
+        c.step(s, "stable names listed once", True)
+        c.step(s, "names listed twice", [])
+        c.step(s, "ls l after one unlinking pass", [])
+
+    both(ctx, _listing_spec(), scenario, expect, compare_upper=False,
+         lfs_opts=lfs_opts)
+
+
+@test(kernel=True)
+def wr_listing_while_names_change_through_handles(ctx):
+    """The same with -o copyup_on_open, where directories are opened with
+    a handle that lists a snapshot (as on kernels without no-opendir)."""
+    wr_listing_while_names_change(ctx, ("copyup_on_open",))
+
+
 # ---------------------------------------------------------------- st_ino
 
 def _st_ino_scenario(remount):
