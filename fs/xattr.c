@@ -59,11 +59,53 @@ static int node_proc_path(struct lfs_fs *fs, struct lfs_node *node,
 	return r;
 }
 
+/* Where node's xattrs are read: its cached data fd where that names the
+ * object (a regular file whose metadata and data are in one layer), with
+ * no path to walk, else its path.  The kernel asks security.capability
+ * before every write, so this is on the write path. */
+struct xattr_src {
+	int fd;                /* borrowed, or -1: use path */
+	bool follow;
+	char path[PATH_MAX];
+};
+
+static int xattr_src_of(struct lfs_fs *fs, struct lfs_node *node,
+			struct xattr_src *s)
+{
+	lfs_ns_rdlock(fs);
+	/* A copy-up moves layer and fd together under the write lock; the
+	 * fd, once borrowed, stays open while the node lives. */
+	s->fd = atomic_load(&node->data_fd);
+	if (node->type != DT_REG || lfs_node_data_layer(node) != node->layer)
+		s->fd = -1;
+	lfs_ns_unlock(fs);
+	if (s->fd >= 0)
+		return 0;
+	return node_proc_path(fs, node, s->path, &s->follow);
+}
+
+static ssize_t src_getxattr(const struct xattr_src *s, const char *name,
+			    void *value, size_t size)
+{
+	if (s->fd >= 0)
+		return fgetxattr(s->fd, name, value, size);
+	return s->follow ? getxattr(s->path, name, value, size)
+			 : lgetxattr(s->path, name, value, size);
+}
+
+static ssize_t src_listxattr(const struct xattr_src *s, char *list,
+			     size_t size)
+{
+	if (s->fd >= 0)
+		return flistxattr(s->fd, list, size);
+	return s->follow ? listxattr(s->path, list, size)
+			 : llistxattr(s->path, list, size);
+}
+
 ssize_t lfs_getxattr(struct lfs_fs *fs, struct lfs_node *node,
 		     const char *name, void *value, size_t size)
 {
-	char path[PATH_MAX];
-	bool follow;
+	struct xattr_src src;
 	ssize_t len;
 	int r;
 
@@ -72,11 +114,10 @@ ssize_t lfs_getxattr(struct lfs_fs *fs, struct lfs_node *node,
 	if (lfs_xattr_is_private(name) ||
 	    (fs->config.noacl && lfs_xattr_is_acl(name)))
 		return -ENODATA;
-	r = node_proc_path(fs, node, path, &follow);
+	r = xattr_src_of(fs, node, &src);
 	if (r < 0)
 		return r;
-	len = follow ? getxattr(path, name, value, size)
-		     : lgetxattr(path, name, value, size);
+	len = src_getxattr(&src, name, value, size);
 	return len < 0 ? -errno : len;
 }
 
@@ -101,22 +142,21 @@ static size_t filter_private(char *list, size_t len, bool noacl)
 ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
 		      size_t size)
 {
-	char path[PATH_MAX];
+	struct xattr_src src;
 	char *buf = NULL;
-	bool follow;
 	ssize_t len;
 	int r;
 
 	if (fs->config.noxattrs)
 		return -EOPNOTSUPP;
-	r = node_proc_path(fs, node, path, &follow);
+	r = xattr_src_of(fs, node, &src);
 
 	if (r < 0)
 		return r;
 	/* The filtered list can be shorter than the real one, so the real
 	 * one is always read in full, even when only the size is asked. */
 	for (;;) {
-		len = follow ? listxattr(path, NULL, 0) : llistxattr(path, NULL, 0);
+		len = src_listxattr(&src, NULL, 0);
 		if (len <= 0) {
 			r = len < 0 ? -errno : 0;
 			free(buf);
@@ -128,8 +168,7 @@ ssize_t lfs_listxattr(struct lfs_fs *fs, struct lfs_node *node, char *list,
 			return -ENOMEM;
 		}
 		buf = grown;
-		ssize_t got = follow ? listxattr(path, buf, (size_t)len)
-				     : llistxattr(path, buf, (size_t)len);
+		ssize_t got = src_listxattr(&src, buf, (size_t)len);
 		if (got >= 0) {
 			len = got;
 			break;
