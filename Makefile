@@ -111,8 +111,15 @@ bench: all
 example: all
 	@tests/example.sh
 
+# The daemon has no stderr once mounted: sanitizer reports go to files in
+# SANITIZER_LOG_DIR, and tests/run fails on any it finds there.
+SANLOG := /tmp/layerfs-sanitizers
 asan:
 	$(MAKE) clean
+	rm -rf $(SANLOG) && mkdir -p $(SANLOG)
+	SANITIZER_LOG_DIR=$(SANLOG) \
+	ASAN_OPTIONS=log_path=$(SANLOG)/asan:detect_leaks=1 \
+	UBSAN_OPTIONS=log_path=$(SANLOG)/ubsan:print_stacktrace=1 \
 	$(MAKE) SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" OPT="-O1 -g" check
 
 clean:

@@ -157,6 +157,20 @@ int lfs_readdir_at(struct lfs_dir *dir, off_t off, struct lfs_dirent *ret)
 	return lfs_readdir_node(dir->fs, dir->node, off, ret);
 }
 
+/* "." (off 0) or ".." (off 1) of node, without a handle.  On a writable
+ * mount the caller holds the ns lock: a rename may change node->parent. */
+static void dot_entry(const struct lfs_node *node, off_t off,
+		      struct lfs_dirent *ret)
+{
+	const struct lfs_node *target = off == 0 || !node->parent
+						? node : node->parent;
+
+	ret->name = off == 0 ? "." : "..";
+	ret->ino = target->ino;
+	ret->type = DT_DIR;
+	ret->next_off = off + 1;
+}
+
 /* A writable mount's listing without a handle (see the top). */
 static int readdir_live(struct lfs_fs *fs, struct lfs_node *node, off_t off,
 			struct lfs_dirent *ret)
@@ -167,13 +181,7 @@ static int readdir_live(struct lfs_fs *fs, struct lfs_node *node, off_t off,
 
 	lfs_ns_rdlock(fs);
 	if (off < 2) {
-		/* ".." of a directory renamed meanwhile is its new parent. */
-		struct lfs_node *target = off == 0 || !node->parent
-						  ? node : node->parent;
-		ret->name = off == 0 ? "." : "..";
-		ret->ino = target->ino;
-		ret->type = DT_DIR;
-		ret->next_off = off + 1;
+		dot_entry(node, off, ret);
 		r = 1;
 		goto out;
 	}
@@ -210,12 +218,7 @@ int lfs_readdir_node(struct lfs_fs *fs, struct lfs_node *node, off_t off,
 	if (fs->writable)
 		return readdir_live(fs, node, off, ret);
 	if (off < 2) {
-		struct lfs_node *target = off == 0 || !node->parent
-						  ? node : node->parent;
-		ret->name = off == 0 ? "." : "..";
-		ret->ino = target->ino;
-		ret->type = DT_DIR;
-		ret->next_off = off + 1;
+		dot_entry(node, off, ret);
 		return 1;
 	}
 	r = lfs_node_index(fs, node, &index);
