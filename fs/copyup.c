@@ -913,8 +913,15 @@ int lfs_copy_up_orphan(struct lfs_fs *fs, struct lfs_node *node)
 		r = build_orphan_copy(fs, src_proc, &fd);
 	if (r == 0) {
 		lfs_ns_wrlock(fs);
-		close(node->orphan_fd);
-		node->orphan_fd = fd;    /* read-write, but only a path here */
+		/* The copy takes the orphan fd's number, as a request may
+		 * be using a /proc path through it right now (inode.c,
+		 * xattr.c): it then reaches the copy, never another file
+		 * that got the number.  Should that fail, the old fd is left
+		 * open rather than freed for reuse. */
+		if (dup3(fd, node->orphan_fd, O_CLOEXEC) == node->orphan_fd)
+			close(fd);
+		else
+			node->orphan_fd = fd;
 		node->layer = 0;
 		node->data_layer = 0;
 		node->stat_rec = NULL;
