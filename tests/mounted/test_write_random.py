@@ -956,3 +956,103 @@ def write_concurrent_same_dir(ctx):
     with ctx.mount(s.paths, upper=upper, work=work) as m:
         after = dump_tree(m.mnt)
     assert_same(after, before, "after remount vs before unmount")
+
+
+# Readers and writers of the same lower files at once: files are opened
+# without OPEN (the kernel skips it), so reads go through each node's
+# cached fd, which a copy-up points at the upper copy while reads are
+# under way (fs/file.c).  A reader must see, byte for byte, the old or
+# the new content, never an error and never bytes of neither (a half-made
+# copy would show zeros).
+RW_FILES, RW_SIZE = 24, 192 * 1024
+
+READER = r'''
+import os, random, sys, time
+root, seed, seconds, n, size = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+def old(i): return bytes((i + k) % 251 for k in range(251))
+def new(i): return bytes((i + k) % 251 ^ 0x5a for k in range(251))
+rnd = random.Random(seed)
+bad, reads = [], 0
+held = [os.open(os.path.join(root, "rw/f%d" % i), os.O_RDONLY) for i in range(n)]
+until = time.monotonic() + seconds
+while time.monotonic() < until and len(bad) < 5:
+    i = rnd.randrange(n)
+    off = rnd.randrange(size - 4096)
+    try:
+        # half the reads through an fd opened before any copy-up
+        if rnd.random() < 0.5:
+            data = os.pread(held[i], 4096, off)
+        else:
+            with open(os.path.join(root, "rw/f%d" % i), "rb") as f:
+                f.seek(off)
+                data = f.read(4096)
+    except OSError as e:
+        bad.append("f%d: %s" % (i, e))
+        continue
+    reads += 1
+    o, w = old(i), new(i)
+    for k, b in enumerate(data):
+        if b != o[(off + k) % 251] and b != w[(off + k) % 251]:
+            bad.append("f%d@%d: byte %d is neither old nor new" % (i, off + k, b))
+            break
+print(repr((reads, bad)))
+'''
+
+
+@test(timeout=120)
+def write_readers_during_copy_up(ctx):
+    """Two readers keep reading 24 lower files (through fds opened before
+    and after) while a writer rewrites each in place (copy-up on the first
+    write) and the page cache is dropped every 0.1 s, so reads reach the
+    daemon while cached fds move to the upper copies: every byte read is
+    the old or the new one, no read fails, and the end state is new."""
+    def old(i):
+        return bytes((i + k) % 251 for k in range(251))
+
+    def new(i):
+        return bytes((i + k) % 251 ^ 0x5a for k in range(251))
+
+    def content(pattern):
+        return (pattern * (RW_SIZE // 251 + 1))[:RW_SIZE]
+
+    s = Stack(ctx, 1)
+    for i in range(RW_FILES):
+        s[0].file("rw/f%d" % i, content(old(i)))
+    upper, work = ctx.newdir("upper"), ctx.newdir("work")
+    with ctx.mount(s.paths, upper=upper, work=work) as m:
+        root = os.fsdecode(m.path())
+        readers = [subprocess.Popen(
+            [sys.executable, "-c", READER, root, str(seed), "3",
+             str(RW_FILES), str(RW_SIZE)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for seed in (1, 2)]
+        stop = threading.Event()
+
+        def drop_loop():
+            while not stop.wait(0.1):
+                drop_caches()
+        dropper = threading.Thread(target=drop_loop)
+        dropper.start()
+        try:
+            time.sleep(0.3)
+            for i in range(RW_FILES):
+                fd = os.open(m.path("rw/f%d" % i), os.O_WRONLY)
+                try:
+                    data = content(new(i))
+                    # in pieces, so readers meet a file part-written too
+                    for off in range(0, RW_SIZE, 65536):
+                        os.pwrite(fd, data[off:off + 65536], off)
+                finally:
+                    os.close(fd)
+                time.sleep(0.05)
+            results = _wait_workers(readers)
+        finally:
+            stop.set()
+            dropper.join()
+        ctx.note("reads per reader, problems: %r" % results)
+        check(all(reads > 0 for reads, _ in results), "a reader read nothing")
+        problems = [p for _, bad in results for p in bad]
+        check(not problems, "readers saw: %r" % problems[:5])
+        for i in range(RW_FILES):
+            with open(m.path("rw/f%d" % i), "rb") as f:
+                check(f.read() == content(new(i)), "rw/f%d not new" % i)
