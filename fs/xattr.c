@@ -6,8 +6,13 @@
  * the file, so they are neither listed nor readable through the merge.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 
 #include "layerfs_i.h"
@@ -36,52 +41,86 @@ bool lfs_xattr_is_private(const char *name)
 	return false;
 }
 
-/* The path of node's object for the *xattr(2) calls: taken under the ns
- * lock, used after it (a rename meanwhile makes the call fail, as a
- * rename racing a path-based call does anywhere). */
-static int node_proc_path(struct lfs_fs *fs, struct lfs_node *node,
-			  char buf[PATH_MAX], bool *ret_follow)
-{
-	char rel[PATH_MAX];
-	int r;
-
-	/* An orphan's path is its /proc/self/fd link, to be followed (the
-	 * l* calls would act on the link itself). */
-	*ret_follow = node->is_orphan;
-	lfs_ns_rdlock(fs);
-	if (node->is_orphan)
-		r = node->orphan_fd < 0 ? -ESTALE
-					: lfs_proc_path(buf, node->orphan_fd, "");
-	else if ((r = lfs_node_path(node, rel, sizeof(rel))) == 0)
-		r = lfs_proc_path(buf, fs->stack->layers[node->layer].root_fd,
-				  rel);
-	lfs_ns_unlock(fs);
-	return r;
-}
-
-/* Where node's xattrs are read: its cached data fd where that names the
- * object (a regular file whose metadata and data are in one layer), with
- * no path to walk, else its path.  The kernel asks security.capability
- * before every write, so this is on the write path. */
+/*
+ * Where node's xattrs are read, decided under the ns lock and used after
+ * it (a rename meanwhile makes a path-based call fail, as a rename racing
+ * a path-based call does anywhere):
+ * - a regular file's cached data fd, where it names the object (metadata
+ *   and data in one layer): no path to walk.  The kernel asks for
+ *   security.capability before every write, so this is the write path.
+ * - else its layer root and path, through getxattrat(2)/listxattrat(2)
+ *   (Linux 6.13), which walk only that path: 1.5 us a call here, against
+ *   4 us through /proc/self/fd/<root>/<path>.  A build's diff asks this
+ *   for every file of two trees.
+ * - else (an older kernel, an orphan) that /proc path; an orphan's is its
+ *   /proc/self/fd link, followed (the l* calls would act on the link).
+ */
 struct xattr_src {
-	int fd;                /* borrowed, or -1: use path */
-	bool follow;
+	int fd;                /* borrowed, or -1 */
+	int dir_fd;            /* layer root for rel, or -1 */
+	char rel[PATH_MAX];
+	bool follow;           /* path is a link to follow */
 	char path[PATH_MAX];
 };
+
+#ifndef SYS_getxattrat
+#define SYS_getxattrat 464    /* the same number on every architecture */
+#endif
+#ifndef SYS_listxattrat
+#define SYS_listxattrat 465
+#endif
+
+/* struct xattr_args of <linux/xattr.h>, which Debian 12's headers lack. */
+struct lfs_xattr_args {
+	uint64_t value;
+	uint32_t size;
+	uint32_t flags;
+};
+
+static atomic_bool no_xattrat;    /* the kernel said ENOSYS once */
 
 static int xattr_src_of(struct lfs_fs *fs, struct lfs_node *node,
 			struct xattr_src *s)
 {
+	int r = 0;
+
+	s->dir_fd = -1;
+	s->follow = false;
 	lfs_ns_rdlock(fs);
 	/* A copy-up moves layer and fd together under the write lock; the
 	 * fd, once borrowed, stays open while the node lives. */
 	s->fd = atomic_load(&node->data_fd);
 	if (node->type != DT_REG || lfs_node_data_layer(node) != node->layer)
 		s->fd = -1;
+	if (s->fd >= 0) {
+		/* nothing more */
+	} else if (node->is_orphan) {
+		s->follow = true;
+		r = node->orphan_fd < 0 ? -ESTALE
+					: lfs_proc_path(s->path, node->orphan_fd,
+							"");
+	} else if ((r = lfs_node_path(node, s->rel, sizeof(s->rel))) == 0) {
+		s->dir_fd = fs->stack->layers[node->layer].root_fd;
+		r = lfs_proc_path(s->path, s->dir_fd, s->rel);
+	}
 	lfs_ns_unlock(fs);
-	if (s->fd >= 0)
-		return 0;
-	return node_proc_path(fs, node, s->path, &s->follow);
+	return r;
+}
+
+/* Whether to try the *xattrat call; false after the kernel said ENOSYS
+ * (r is its result, checked by the caller). */
+static bool use_xattrat(const struct xattr_src *s)
+{
+	return s->dir_fd >= 0 && !atomic_load_explicit(&no_xattrat,
+						       memory_order_relaxed);
+}
+
+static bool xattrat_missing(ssize_t r)
+{
+	if (r >= 0 || errno != ENOSYS)
+		return false;
+	atomic_store(&no_xattrat, true);
+	return true;
 }
 
 static ssize_t src_getxattr(const struct xattr_src *s, const char *name,
@@ -89,6 +128,17 @@ static ssize_t src_getxattr(const struct xattr_src *s, const char *name,
 {
 	if (s->fd >= 0)
 		return fgetxattr(s->fd, name, value, size);
+	if (use_xattrat(s)) {
+		struct lfs_xattr_args args = {
+			.value = (uint64_t)(uintptr_t)value,
+			.size = (uint32_t)size,
+		};
+		ssize_t r = syscall(SYS_getxattrat, s->dir_fd, s->rel,
+				    AT_SYMLINK_NOFOLLOW, name, &args,
+				    sizeof(args));
+		if (!xattrat_missing(r))
+			return r;
+	}
 	return s->follow ? getxattr(s->path, name, value, size)
 			 : lgetxattr(s->path, name, value, size);
 }
@@ -98,6 +148,12 @@ static ssize_t src_listxattr(const struct xattr_src *s, char *list,
 {
 	if (s->fd >= 0)
 		return flistxattr(s->fd, list, size);
+	if (use_xattrat(s)) {
+		ssize_t r = syscall(SYS_listxattrat, s->dir_fd, s->rel,
+				    AT_SYMLINK_NOFOLLOW, list, size);
+		if (!xattrat_missing(r))
+			return r;
+	}
 	return s->follow ? listxattr(s->path, list, size)
 			 : llistxattr(s->path, list, size);
 }
