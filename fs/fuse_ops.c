@@ -437,11 +437,14 @@ static int open_flags(fuse_req_t req, int flags)
 }
 
 /*
- * Open file handles.  On a read-only mount the handle is the fd.  On a
- * writable one it is a struct open_file: a file opened for reading in a
- * lower layer and copied up since (written through another open) is read
- * from its upper copy from then on, as kernel overlayfs does, so a reader
- * tailing a file sees what is appended to it.
+ * Open file handles, made only where the kernel sends OPEN (with
+ * -o copyup_on_open, or a kernel without no-open support; see skip_open):
+ * otherwise requests carry no handle and use the node's cached fd.  On a
+ * read-only mount the handle is the fd.  On a writable one it is a struct
+ * open_file: a file opened for reading in a lower layer and copied up
+ * since (written through another open) is read from its upper copy from
+ * then on, as kernel overlayfs does, so a reader tailing a file sees what
+ * is appended to it.
  */
 struct open_file {
 	_Atomic int fd;
