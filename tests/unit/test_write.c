@@ -2029,3 +2029,112 @@ TEST(changes_on_a_read_only_mount_are_erofs)
 		  EROFS);
 	CHECK_STR(t_ls(t, fs, ""), "a d");
 }
+
+/* ---- requests without open handles (fs/file.c, fs/readdir.c) ---------- */
+
+static char *pread_str(struct t *t, int fd)
+{
+	char *buf = t_own(t, calloc(1, 256));
+	ssize_t n = pread(fd, buf, 255, 0);
+
+	if (n < 0)
+		FAIL("pread: %s", strerror(errno));
+	return buf;
+}
+
+TEST(cached_data_fd_moves_to_the_upper_copy_under_the_same_number)
+{
+	struct lfs_fs *fs = t_fs_rw(t, "L1 f f \"lower\"\n");
+	struct lfs_node *node = t_node(t, fs, "f");
+	int rfd, wfd;
+	bool rowned, wowned;
+
+	CHECK_OK(lfs_data_fd(fs, node, &rfd, &rowned));
+	CHECK(!rowned);
+	CHECK_STR(pread_str(t, rfd), "lower");
+	/* A write copies the file up; the fd a read borrowed a moment ago
+	 * now reads the upper copy (a concurrent read never meets a closed
+	 * number). */
+	CHECK_OK(lfs_write_fd(fs, node, &wfd, &wowned));
+	CHECK(!wowned);
+	CHECK_INT(wfd, rfd);
+	CHECK(pwrite(wfd, "UPPER", 5, 0) == 5);
+	CHECK_STR(pread_str(t, rfd), "UPPER");
+	CHECK_STR(t_disk_cat(t, t_upper(t, "f")), "UPPER");
+	CHECK_STR(t_disk_cat(t, t_lower(t, 1, "f")), "lower");
+	CHECK_WORK_EMPTY();
+}
+
+TEST(write_fd_of_a_removed_lower_file_is_a_nameless_upper_copy)
+{
+	struct lfs_fs *fs = t_fs_rw(t, "L1 f d/f \"lower\"\n");
+	struct lfs_node *node = t_node(t, fs, "d/f");
+	struct stat st;
+	bool owned;
+	int fd;
+
+	CHECK_OK(lfs_unlink(fs, t_node(t, fs, "d"), "f"));
+	CHECK_OK(lfs_write_fd(fs, node, &fd, &owned));
+	CHECK(pwrite(fd, "X", 1, 0) == 1);
+	CHECK_STR(pread_str(t, fd), "Xower");
+	CHECK_OK(lfs_getattr(fs, node, &st));
+	CHECK_INT(st.st_nlink, 0);
+	if (owned)
+		close(fd);
+	CHECK_STR(t_disk_cat(t, t_lower(t, 1, "d/f")), "lower");
+	CHECK_ERR(t_lookup(fs, "d/f"), ENOENT);
+	CHECK_WORK_EMPTY();
+}
+
+/* Names listed from offset off on, without a handle, joined by ' '. */
+static char *list_from(struct t *t, struct lfs_fs *fs, struct lfs_node *d,
+		       off_t off, off_t *ret_first_off)
+{
+	char *out = t_own(t, calloc(1, 4096));
+	struct lfs_dirent de;
+	int r;
+
+	while ((r = lfs_readdir_node(fs, d, off, &de)) == 1) {
+		if (ret_first_off) {
+			*ret_first_off = de.next_off;
+			ret_first_off = NULL;
+		}
+		if (strcmp(de.name, ".") != 0 && strcmp(de.name, "..") != 0) {
+			strcat(out, de.name);
+			strcat(out, " ");
+		}
+		off = de.next_off;
+	}
+	if (r < 0)
+		FAIL("lfs_readdir_node: %s", t_errname(-r));
+	return out;
+}
+
+TEST(listing_offsets_stay_valid_when_earlier_names_go)
+{
+	struct lfs_fs *fs = t_fs_rw(t, "L1 f d/a \"\"\nL1 f d/b \"\"\n"
+				       "L1 f d/c \"\"\nL0 f d/u \"\"\n");
+	struct lfs_node *d = t_node(t, fs, "d");
+	struct lfs_dirent de;
+	char *all = list_from(t, fs, d, 0, NULL);
+	off_t off = 2;
+	char first[16];
+
+	/* Read the first name, then remove it and another before going
+	 * on: the rest is listed, nothing skipped, nothing twice. */
+	CHECK_INT(lfs_readdir_node(fs, d, off, &de), 1);
+	snprintf(first, sizeof(first), "%s", de.name);
+	off = de.next_off;
+	const char *other = strcmp(first, "a") == 0 ? "b" : "a";
+	CHECK_OK(lfs_unlink(fs, d, first));
+	CHECK_OK(lfs_unlink(fs, d, other));
+	create_at(t, fs, "d", "new", 0644, O_RDWR | O_CREAT | O_EXCL, NULL);
+	char *rest = list_from(t, fs, d, off, NULL);
+	char *want = t_own(t, calloc(1, 4096));
+	for (char *n = strtok(t_printf(t, "%s", all), " "); n;
+	     n = strtok(NULL, " "))
+		if (strcmp(n, first) != 0 && strcmp(n, other) != 0)
+			strcat(strcat(want, n), " ");
+	strcat(want, "new ");
+	CHECK_STR(rest, want);
+}
