@@ -1678,34 +1678,36 @@ static bool is_mounted(const char *path)
 	return mountinfo_find(path, false, NULL) > 0;
 }
 
+struct children {
+	pid_t *out;
+	int n, max;
+};
+
+/* Record pid if this process is its parent; stop when out is full. */
+static bool add_if_child(const char *pid, void *arg)
+{
+	struct children *c = arg;
+	char *stat = proc_read(pid, "stat", NULL);
+	/* The name in parentheses may hold spaces: fields follow the last ')'. */
+	char *rp = stat ? strrchr(stat, ')') : NULL;
+	char state;
+	int ppid;
+
+	if (rp && sscanf(rp + 1, " %c %d", &state, &ppid) == 2 &&
+	    ppid == getpid())
+		c->out[c->n++] = (pid_t)atoi(pid);
+	free(stat);
+	return c->n >= c->max;
+}
+
 /* Children of this process: FUSE daemons re-parented to it. */
 static int list_children(pid_t *out, int max)
 {
-	DIR *d = opendir("/proc");
-	struct dirent *de;
-	pid_t me = getpid();
-	int n = 0;
+	struct children c = { .out = out, .max = max };
 
-	while (d && n < max && (de = readdir(d))) {
-		char path[64], buf[512];
-		if (strspn(de->d_name, "0123456789") != strlen(de->d_name))
-			continue;
-		snprintf(path, sizeof(path), "/proc/%.20s/stat", de->d_name);
-		FILE *f = fopen(path, "re");
-		size_t len = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-		if (f)
-			fclose(f);
-		buf[len] = '\0';
-		char *rp = strrchr(buf, ')');
-		char state;
-		int ppid;
-		if (rp && sscanf(rp + 1, " %c %d", &state, &ppid) == 2 &&
-		    ppid == me)
-			out[n++] = (pid_t)atoi(de->d_name);
-	}
-	if (d)
-		closedir(d);
-	return n;
+	if (max > 0)
+		proc_each_pid(add_if_child, &c);
+	return c.n;
 }
 
 /* Run argv (in cwd if given) with its output in a temporary file; 0 if it

@@ -181,6 +181,17 @@ int import_image_with_layer(struct store *s, const char *config_bytes,
 
 /* ---- the verbs ----------------------------------------------------------- */
 
+/* proc.c: running processes.  fn(pid) for each until it returns true;
+ * returns 1 if it did, 0 if none did, -errno if /proc cannot be read. */
+int proc_each_pid(bool (*fn)(const char *pid, void *arg), void *arg);
+/* /proc/<pid>/<file> whole, NUL-terminated (*ret_len: its length), or
+ * NULL (gone, empty, out of memory). */
+char *proc_read(const char *pid, const char *file, size_t *ret_len);
+bool proc_comm_is(const char *pid, const char *name);
+/* pid's argv (NUL-separated, *ret_len bytes) if it is layerfs (by argv[0]
+ * or comm), else NULL. */
+char *proc_layerfs_argv(const char *pid, size_t *ret_len);
+
 int cmd_import(struct store *s, int argc, char **argv);
 int cmd_images(struct store *s, int argc, char **argv);
 int cmd_inspect(struct store *s, int argc, char **argv);

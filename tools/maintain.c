@@ -260,64 +260,6 @@ static int referenced(const struct store *s, struct hexset *diffs,
 	return r;
 }
 
-/* The whole command line of pid (NULs turned to spaces) if the process is
- * layerfs (by its comm or argv[0]); NULL otherwise. */
-static char *layerfs_cmdline(const char *pid)
-{
-	char path[300], *cmd;
-	size_t len = 0;
-
-	snprintf(path, sizeof(path), "/proc/%.32s/cmdline", pid);
-	/* /proc files report size 0: read them by hand. */
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return NULL;
-	size_t cap = 4096;
-	cmd = malloc(cap);
-	while (cmd) {
-		size_t got = fread(cmd + len, 1, cap - len - 1, f);
-		len += got;
-		if (got == 0)
-			break;
-		if (cap - len - 1 == 0) {
-			char *bigger = realloc(cmd, 2 * cap);
-			if (!bigger) {
-				free(cmd);
-				cmd = NULL;
-				break;
-			}
-			cmd = bigger;
-			cap *= 2;
-		}
-	}
-	fclose(f);
-	if (!cmd || len == 0) {
-		free(cmd);
-		return NULL;
-	}
-	cmd[len] = '\0';
-	const char *base = strrchr(cmd, '/');
-	bool named = strcmp(base ? base + 1 : cmd, "layerfs") == 0;
-	snprintf(path, sizeof(path), "/proc/%.32s/comm", pid);
-	f = fopen(path, "re");
-	if (f) {
-		char buf[64] = "";
-		if (fgets(buf, sizeof(buf), f)) {
-			buf[strcspn(buf, "\n")] = '\0';
-			named = named || strcmp(buf, "layerfs") == 0;
-		}
-		fclose(f);
-	}
-	if (!named) {
-		free(cmd);
-		return NULL;
-	}
-	for (size_t i = 0; i < len; i++)
-		if (cmd[i] == '\0')
-			cmd[i] = ' ';
-	return cmd;
-}
-
 /* "<diff>.tarsplit" (tools/tarsplit.c) whose layer is gone and that no
  * image names: left by an import that stopped between the two renames. */
 static void remove_orphan_record(const struct store *s, const char *name,
@@ -338,36 +280,42 @@ static void remove_orphan_record(const struct store *s, const char *name,
 	free(p);
 }
 
+struct cmdlines {
+	char **v;                       /* NULL-ended */
+	size_t n;
+};
+
+/* Add pid's command line (NULs turned to spaces) if it is layerfs. */
+static bool add_layerfs_cmdline(const char *pid, void *arg)
+{
+	struct cmdlines *c = arg;
+	size_t len;
+	char *cmd = proc_layerfs_argv(pid, &len);
+
+	if (!cmd)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (cmd[i] == '\0')
+			cmd[i] = ' ';
+	char **more = realloc(c->v, (c->n + 2) * sizeof(*more));
+	if (!more) {
+		free(cmd);
+		return true;
+	}
+	c->v = more;
+	c->v[c->n++] = cmd;
+	c->v[c->n] = NULL;
+	return false;
+}
+
 /* Command lines of every running layerfs process (a NULL-ended array). */
 static char **layerfs_processes(void)
 {
-	DIR *proc = opendir("/proc");
-	struct dirent *de;
-	char **out = calloc(1, sizeof(*out));
-	size_t n = 0;
+	struct cmdlines c = { .v = calloc(1, sizeof(char *)) };
 
-	if (!proc || !out) {
-		if (proc)
-			closedir(proc);
-		return out;
-	}
-	while ((de = readdir(proc))) {
-		if (strspn(de->d_name, "0123456789") != strlen(de->d_name))
-			continue;
-		char *cmd = layerfs_cmdline(de->d_name);
-		if (!cmd)
-			continue;
-		char **more = realloc(out, (n + 2) * sizeof(*out));
-		if (!more) {
-			free(cmd);
-			break;
-		}
-		out = more;
-		out[n++] = cmd;
-		out[n] = NULL;
-	}
-	closedir(proc);
-	return out;
+	if (c.v)
+		proc_each_pid(add_layerfs_cmdline, &c);
+	return c.v;
 }
 
 /* Does a layerfs command line name layers/sha256/<diff>?  The store part
@@ -426,34 +374,19 @@ static int delete_atomically(const struct store *s, const char *path,
 	return r;
 }
 
+static bool is_other_layerctl(const char *pid, void *arg)
+{
+	return strcmp(pid, arg) != 0 && proc_comm_is(pid, "layerctl");
+}
+
 /* Any layerctl process other than this one (its staging lives in tmp/). */
 static bool other_layerctl_running(void)
 {
-	DIR *proc = opendir("/proc");
-	struct dirent *de;
 	char self[32];
-	bool found = false;
 
-	if (!proc)
-		return true;
+	/* /proc unreadable: assume one runs, and keep its staging. */
 	snprintf(self, sizeof(self), "%d", (int)getpid());
-	while (!found && (de = readdir(proc))) {
-		char path[300], buf[64] = "";
-		if (strspn(de->d_name, "0123456789") != strlen(de->d_name) ||
-		    strcmp(de->d_name, self) == 0)
-			continue;
-		snprintf(path, sizeof(path), "/proc/%s/comm", de->d_name);
-		FILE *f = fopen(path, "re");
-		if (!f)
-			continue;
-		if (fgets(buf, sizeof(buf), f)) {
-			buf[strcspn(buf, "\n")] = '\0';
-			found = strcmp(buf, "layerctl") == 0;
-		}
-		fclose(f);
-	}
-	closedir(proc);
-	return found;
+	return proc_each_pid(is_other_layerctl, self) != 0;
 }
 
 /* Empty tmp/: gc.* leftovers always; staging of other commands only when

@@ -105,44 +105,42 @@ static int record_container(const struct store *s, const char *name,
 	return r;
 }
 
+struct mount_search {
+	char needle[PATH_MAX + 16];     /* "upperdir=<upper>" */
+	char *found;                    /* owned */
+};
+
+/* Is pid a layerfs whose options name the upper?  Its mount point is its
+ * last argument (argv: ... -o OPTIONS MOUNTPOINT). */
+static bool match_mount(const char *pid, void *arg)
+{
+	struct mount_search *m = arg;
+	size_t len, n = strlen(m->needle);
+	char *argv = proc_layerfs_argv(pid, &len);
+	bool names_upper = false;
+	const char *last = argv;
+
+	for (const char *a = argv; argv && a < argv + len; a += strlen(a) + 1) {
+		const char *hit = strstr(a, m->needle);
+		if (hit && (hit[n] == ',' || hit[n] == '\0'))
+			names_upper = true;
+		last = a;
+	}
+	if (names_upper)
+		m->found = strdup(last);
+	free(argv);
+	return m->found != NULL;
+}
+
 /* The mount point of the running layerfs whose options name upper, or
  * NULL (owned). */
 static char *mount_of(const char *upper)
 {
-	DIR *proc = opendir("/proc");
-	struct dirent *de;
-	char *found = NULL, needle[PATH_MAX + 16];
+	struct mount_search m = { .found = NULL };
 
-	snprintf(needle, sizeof(needle), "upperdir=%s", upper);
-	while (proc && !found && (de = readdir(proc))) {
-		char path[64], buf[16384];
-		if (strspn(de->d_name, "0123456789") != strlen(de->d_name))
-			continue;
-		snprintf(path, sizeof(path), "/proc/%.32s/cmdline", de->d_name);
-		FILE *f = fopen(path, "re");
-		size_t len = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-		if (f)
-			fclose(f);
-		buf[len] = '\0';
-		const char *base = strrchr(buf, '/');
-		if (strcmp(base ? base + 1 : buf, "layerfs") != 0)
-			continue;
-		/* argv: ... -o OPTIONS MOUNTPOINT, NUL-separated */
-		bool names_upper = false;
-		const char *last = buf;
-		for (const char *a = buf; a < buf + len; a += strlen(a) + 1) {
-			const char *hit = strstr(a, needle);
-			if (hit && (hit[strlen(needle)] == ',' ||
-				    hit[strlen(needle)] == '\0'))
-				names_upper = true;
-			last = a;
-		}
-		if (names_upper)
-			found = strdup(last);
-	}
-	if (proc)
-		closedir(proc);
-	return found;
+	snprintf(m.needle, sizeof(m.needle), "upperdir=%s", upper);
+	proc_each_pid(match_mount, &m);
+	return m.found;
 }
 
 int cmd_ps(struct store *s, int argc, char **argv)
