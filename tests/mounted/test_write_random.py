@@ -30,6 +30,7 @@ recorded as skipped, on both mounts alike.
 """
 
 import ast
+import contextlib
 import errno
 import hashlib
 import os
@@ -875,6 +876,23 @@ print(repr((counts, unexpected)))
 '''
 
 
+@contextlib.contextmanager
+def dropping_caches(interval):
+    """Drop the kernel's caches every interval seconds meanwhile."""
+    stop = threading.Event()
+
+    def drop_loop():
+        while not stop.wait(interval):
+            drop_caches()
+    dropper = threading.Thread(target=drop_loop)
+    dropper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        dropper.join()
+
+
 def _wait_workers(workers):
     results = []
     for w in workers:
@@ -916,19 +934,8 @@ def write_concurrent_same_dir(ctx):
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for seed in (1, 2)]
         # the kernel forgets inodes while names change under them
-        stop = threading.Event()
-
-        def drop_loop():
-            while not stop.wait(0.25):
-                drop_caches()
-        dropper = threading.Thread(target=drop_loop)
-        dropper.start()
-        results = []
-        try:
+        with dropping_caches(0.25):
             results = _wait_workers(workers)
-        finally:
-            stop.set()
-            dropper.join()
         ctx.note("operations done (successes, unexpected errors): %r" %
                  results)
         unexpected = [u for _, u in results if u]
@@ -1026,14 +1033,7 @@ def write_readers_during_copy_up(ctx):
              str(RW_FILES), str(RW_SIZE)], stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for seed in (1, 2)]
-        stop = threading.Event()
-
-        def drop_loop():
-            while not stop.wait(0.1):
-                drop_caches()
-        dropper = threading.Thread(target=drop_loop)
-        dropper.start()
-        try:
+        with dropping_caches(0.1):
             time.sleep(0.3)
             for i in range(RW_FILES):
                 fd = os.open(m.path("rw/f%d" % i), os.O_WRONLY)
@@ -1046,9 +1046,6 @@ def write_readers_during_copy_up(ctx):
                     os.close(fd)
                 time.sleep(0.05)
             results = _wait_workers(readers)
-        finally:
-            stop.set()
-            dropper.join()
         ctx.note("reads per reader, problems: %r" % results)
         check(all(reads > 0 for reads, _ in results), "a reader read nothing")
         problems = [p for _, bad in results for p in bad]
