@@ -42,6 +42,9 @@ import time
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.realpath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import table  # noqa: E402
 
 GEN_VERSION = 1              # bump when the generated image changes
 SYSTEMS = ("native", "layerfs", "fuse-overlayfs")   # the default set
@@ -106,16 +109,6 @@ BUILD_CHECK = ("cat /etc/app.conf; tail -n 1 /etc/os-release; ls /opt/app/data |
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def fmt(v):
-    if v is None:
-        return "n/a"
-    if v >= 100:
-        return f"{v:.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
 
 
 # ---------------------------------------------------------------- the image
@@ -926,10 +919,7 @@ class Bench:
 
 def ratio(bench, key, a, b):
     """a's time / b's time."""
-    ra, rb = bench.result(key, a), bench.result(key, b)
-    if not ra or not rb or rb.value <= 0:
-        return None
-    return ra.value / rb.value
+    return table.ratio(bench.result(key, a), bench.result(key, b))
 
 
 def checks(bench):
@@ -940,27 +930,22 @@ def checks(bench):
         text = f"layerfs within {TARGET:g}x of native: {sess.title} ({sess.state})"
         x = ratio(bench, sess.key, "layerfs", "native")
         if x is None:
-            out.append(("n/a", text + ": not measured"))
+            out.append(table.not_measured(text))
             continue
         bad = bench.result(sess.key, "layerfs").bad or bench.result(sess.key, "native").bad
         fo = ratio(bench, sess.key, "fuse-overlayfs", "native")
-        out.append(("MET" if x <= TARGET and not bad else "MISSED",
-                    f"{text}: {x:.2f}x" + (f" (fuse-overlayfs {fo:.2f}x)" if fo else "")
-                    + (" (wrong results)" if bad else "")))
+        out.append(table.target(x <= TARGET, f"{text}: {x:.2f}x"
+                                + (f" (fuse-overlayfs {fo:.2f}x)" if fo else ""), bad))
     return out
 
 
 def text_report(bench, meta):
     info = bench.info
-    lines = [f"layerfs podman benchmark, {meta['date']}, kernel {meta['kernel']}, "
-             f"{meta['cpus']} CPUs, {'quick' if meta['quick'] else 'full'} run, "
-             f"median of {meta['reps']}, {meta['seconds']:.0f} s",
+    lines = [table.run_line("layerfs podman benchmark", meta, f"median of {meta['reps']}"),
              f"{meta['versions']}",
-             f"layerfs: {meta['layerfs_program']}"
-             + (f"  [{meta['layerfs_build']}]" if meta["layerfs_build"] else "")
+             f"layerfs: {meta['layerfs_program']}" + table.build_tag(meta)
              + ", run from a copy taken at the start",
-             "load average (1 min) at start and end: "
-             + " and ".join(f"{x:.2f}" for x in meta["loadavg_start_end"]),
+             table.load_line(meta),
              f"image {info['tag']}: {len(info['layers'])} layers "
              f"({', '.join(l['name'] + ' ' + format(l['files'], ',') for l in info['layers'])} "
              f"files), {info['files']:,} files merged, {info['bytes'] / 2**20:.0f} MiB in the "
@@ -980,25 +965,22 @@ def text_report(bench, meta):
              ("fuse-overlayfs", "layerfs", "vs", "fuse-ovl")]
     if "kernel-mp" in cols:
         rcols.append(("kernel-mp", "native", "kernel-mp", "x native"))
-    head = (f"{'session (s)':38s} {'state':5s} " + " ".join(f"{short[c]:>9s}" for c in cols)
-            + " " + " ".join(f"{a:>9s}" for _, _, a, _ in rcols))
-    head2 = (f"{'':38s} {'':5s} " + " ".join(f"{'':>9s}" for c in cols)
-             + " " + " ".join(f"{b:>9s}" for _, _, _, b in rcols))
-    lines += [head, head2, "-" * len(head)]
+    # Two heading lines: a ratio column's name is two words, one above the other.
+    tab = table.Table([38, 5] + [9] * (len(cols) + len(rcols)), left=2)
+    lines += table.underlined(
+        tab.line(["session (s)", "state", *(short[c] for c in cols),
+                  *(a for _, _, a, _ in rcols)]),
+        tab.line(["", "", *([""] * len(cols)), *(b for _, _, _, b in rcols)]))
     for sess in SESSIONS:
         if sess.key != "load" and sess.key not in bench.args.sessions:
             continue
-        cells = []
-        for c in cols:
-            r = bench.result(sess.key, c)
-            cells.append("n/a" if r is None else fmt(r.value) + ("!" if r.bad else ""))
-        rc = [ratio(bench, sess.key, a, b) for a, b, _, _ in rcols]
-        lines.append(f"{sess.title:38s} {sess.state:5s} " + " ".join(f"{x:>9s}" for x in cells)
-                     + " " + " ".join(f"{'' if x is None else f'{x:.2f}x':>9s}" for x in rc))
+        figures = [table.figure(bench.result(sess.key, c)) for c in cols]
+        ratios = [table.times(ratio(bench, sess.key, a, b)) for a, b, _, _ in rcols]
+        lines.append(tab.line([sess.title, sess.state, *figures, *ratios]))
     lines.append("(load: once per system, one sample, the image tar in the page cache; "
                  "no mount program is involved)")
     lines += ["", "Targets:"]
-    lines += [f"  {st:6s} {t}" for st, t in checks(bench)]
+    lines += [table.target_line(st, t) for st, t in checks(bench)]
     if bench.stats:
         lines += ["", "Daemons during the sessions (--stats, last repetition):"]
         for (key, s), st in sorted(bench.stats.items()):
@@ -1008,8 +990,7 @@ def text_report(bench, meta):
                          + ("; requests " + ", ".join(
                              f"{op} {v['count']} (p50 {v['p50_us']} us)" for op, v in top)
                             if top else ""))
-    if bench.notes:
-        lines += ["", "Notes:"] + ["  " + n for n in bench.notes]
+    lines += table.notes_section(bench.notes)
     return "\n".join(lines)
 
 

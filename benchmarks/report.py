@@ -15,6 +15,9 @@ The targets (from the layerfs performance issue):
   T5  mount at 128 layers in a third of fuse-overlayfs's time
 """
 
+import table
+from table import fmt  # noqa: F401  (benchmarks/run logs with report.fmt)
+
 TARGETS = {
     "T1": "every cold figure at 128 layers >= 3x as fast as fuse-overlayfs",
     "T2": "bottom-only and negative lookups at 128 layers >= kernel overlayfs (cold and warm)",
@@ -24,6 +27,8 @@ TARGETS = {
 }
 T3_WORKLOADS = ("stat_all", "stat_bottom", "negative")
 T2_WORKLOADS = ("stat_bottom", "negative")
+SYSTEMS = ("layerfs", "kernel", "fuse-overlayfs")     # the figure columns, in order
+PEERS = ("kernel", "fuse-overlayfs")                  # the ratio columns, in order
 
 
 class Result:
@@ -33,16 +38,6 @@ class Result:
         self.value = value
         self.samples = samples
         self.bad = bad
-
-
-def fmt(v):
-    if v is None:
-        return "n/a"
-    if v >= 100:
-        return f"{v:.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
 
 
 def _times_as_fast(lfs, peer, higher_is_better):
@@ -76,8 +71,8 @@ class Check:
         op, bound = self.need
         fig = "n/a" if self.figure is None else f"{self.figure:.2f}x"
         extra = " (layerfs gave wrong results)" if self.wrong else ""
-        return (f"  {self.status:6s} {self.wl.title}, {self.state}, {self.layers} layers: "
-                f"{self.what} {fig} (need {op} {bound:g}x){extra}")
+        return table.target_line(self.status, f"{self.wl.title}, {self.state}, {self.layers} "
+                                 f"layers: {self.what} {fig} (need {op} {bound:g}x){extra}")
 
 
 class Report:
@@ -143,22 +138,15 @@ class Report:
         return ", ".join(out)
 
     def _cell(self, wl, state, n, system):
-        if system not in self.meta["systems"]:
-            return "-"
-        r = self.get(wl, state, n, system)
-        if r is None:
-            return "n/a"
-        return fmt(r.value) + ("!" if r.bad else "")
+        return table.figure(self.get(wl, state, n, system), system in self.meta["systems"])
 
     def text(self):
         m = self.meta
         lines = []
-        lines.append(f"layerfs benchmarks, {m['date']}, kernel {m['kernel']}, {m['cpus']} CPUs, "
-                     f"{'quick' if m['quick'] else 'full'} run, {m['seconds']:.0f} s")
-        prog = m["layerfs_program"]
-        lines.append(f"layerfs column: {prog}"
+        lines.append(table.run_line("layerfs benchmarks", m))
+        lines.append(f"layerfs column: {m['layerfs_program']}"
                      + ("  (from $LAYERFS)" if m["layerfs_from_env"] else "")
-                     + (f"  [{m['layerfs_build']}]" if m["layerfs_build"] else ""))
+                     + table.build_tag(m))
         sh = m["shape"]
         lines.append(f"stacks: bottom layer {sh['bottom_files']} files + a {sh['big_mib']} MiB "
                      f"file, {sh['layer_ops']} changes per upper layer; lists of "
@@ -176,25 +164,19 @@ class Report:
                      "'!' = some wrong results (see notes).")
         lines.append("")
 
-        head = (f"{'workload (unit)':34s} {'state':5s} {'layers':>6s} "
-                f"{'layerfs':>9s} {'kernel':>9s} {'fuse-ovl':>9s} "
-                f"{'vs kernel':>9s} {'vs fuse-ovl':>11s}  targets")
-        lines.append(head)
-        lines.append("-" * len(head))
+        cols = table.Table([34, 5, 6, 9, 9, 9, 9, 11], left=2)
+        lines += table.underlined(cols.line(["workload (unit)", "state", "layers", "layerfs",
+                                             "kernel", "fuse-ovl", "vs kernel", "vs fuse-ovl"])
+                                  + "  targets")
         for wl in self.workloads:
             label = f"{wl.title} ({wl.unit})"
             for state in self._states(wl):
                 for n in self.layers:
-                    rk = self.ratio(wl, state, n, "kernel")
-                    rf = self.ratio(wl, state, n, "fuse-overlayfs")
-                    lines.append(
-                        f"{label:34s} {state:5s} {n:6d} "
-                        f"{self._cell(wl, state, n, 'layerfs'):>9s} "
-                        f"{self._cell(wl, state, n, 'kernel'):>9s} "
-                        f"{self._cell(wl, state, n, 'fuse-overlayfs'):>9s} "
-                        f"{'' if rk is None else f'{rk:.2f}x':>9s} "
-                        f"{'' if rf is None else f'{rf:.2f}x':>11s}  "
-                        f"{self._row_targets(wl, state, n)}".rstrip())
+                    figures = [self._cell(wl, state, n, s) for s in SYSTEMS]
+                    ratios = [table.times(self.ratio(wl, state, n, p)) for p in PEERS]
+                    # rstrip: no trailing blanks when the last columns are empty
+                    lines.append((cols.line([label, state, str(n), *figures, *ratios])
+                                  + "  " + self._row_targets(wl, state, n)).rstrip())
                     label = ""
             lines.append("")
 
@@ -214,10 +196,7 @@ class Report:
         if 1 in self.layers and "kernel" in m["systems"]:
             notes.insert(0, "kernel overlayfs at 1 layer is mounted with an extra empty layer "
                             "on top (it needs 2 lower layers without an upper one).")
-        if notes:
-            lines.append("")
-            lines.append("Notes:")
-            lines.extend("  " + n for n in notes)
+        lines += table.notes_section(notes)
         return "\n".join(lines)
 
     # ------------------------------------------------------------ json

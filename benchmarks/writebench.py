@@ -37,6 +37,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import systems  # noqa: E402
+import table  # noqa: E402
 
 GEN_VERSION = 1             # bump when the lower layers' content changes
 FIXED_MTIME = 1_700_000_000  # every generated file's mtime, checked afterwards
@@ -469,16 +470,6 @@ class Result:
         self.bad = bad
 
 
-def fmt(v):
-    if v is None:
-        return "n/a"
-    if v >= 100:
-        return f"{v:.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -690,7 +681,7 @@ class Bench:
                 if samples[s.name]:
                     r = Result(samples[s.name], bad[s.name])
                     self.results[(wl.key, s.name)] = r
-                    line.append(f"{s.name} {fmt(r.value)}")
+                    line.append(f"{s.name} {table.fmt(r.value)}")
             log(f"{wl.key:18s} {wl.state:4s} " + ", ".join(line) + " ms")
 
 
@@ -700,10 +691,8 @@ PEERS = (("kernel", "vs kernel"), ("fuse-overlayfs", "vs fuse-ovl"))
 
 
 def ratio(results, key, peer):
-    a, b = results.get((key, "layerfs")), results.get((key, peer))
-    if not a or not b or a.value <= 0:
-        return None
-    return b.value / a.value
+    """How many times as fast layerfs is: the peer's time / layerfs's."""
+    return table.ratio(results.get((key, peer)), results.get((key, "layerfs")))
 
 
 def checks(bench):
@@ -725,45 +714,36 @@ def checks(bench):
         text = (f"{what} costs no data copy (the {big} file's time <= 2x the 4 KiB file's "
                 f"+ {NO_COPY_SLACK_MS:g} ms)")
         if not r or not b:
-            out.append(("n/a", text + ": not measured"))
+            out.append(table.not_measured(text))
             continue
-        ok = b.value <= 2 * r.value + NO_COPY_SLACK_MS and not wrong(ref_key, big_key)
-        out.append(("MET" if ok else "MISSED",
-                    f"{text}: {fmt(b.value)} ms vs {fmt(r.value)} ms"
-                    + (" (wrong results)" if wrong(ref_key, big_key) else "")))
+        out.append(table.target(b.value <= 2 * r.value + NO_COPY_SLACK_MS,
+                                f"{text}: {table.fmt(b.value)} ms vs {table.fmt(r.value)} ms",
+                                wrong(ref_key, big_key)))
     for key, state in (("copyup_big", "cold"), ("copyup_big_warm", "warm")):
         x = ratio(res, key, "kernel")
         text = f"copy-up of a {big} file within 1.5x of kernel overlayfs ({state})"
         if x is None:
-            out.append(("n/a", text + ": not measured"))
+            out.append(table.not_measured(text))
             continue
-        ok = x >= 1 / 1.5 and not wrong(key)
-        out.append(("MET" if ok else "MISSED",
-                    f"{text}: {fmt(get(key).value)} ms vs {fmt(get(key, 'kernel').value)} ms, "
-                    f"{x:.2f}x (need >= 0.67x)" + (" (wrong results)" if wrong(key) else "")))
+        out.append(table.target(x >= 1 / 1.5,
+                                f"{text}: {table.fmt(get(key).value)} ms vs "
+                                f"{table.fmt(get(key, 'kernel').value)} ms, {x:.2f}x "
+                                "(need >= 0.67x)", wrong(key)))
     x = ratio(res, "create_small", "fuse-overlayfs")
     text = "small-file creation at least 1.5x as fast as fuse-overlayfs"
     if x is None:
-        out.append(("n/a", text + ": not measured"))
+        out.append(table.not_measured(text))
     else:
-        ok = x >= 1.5 and not wrong("create_small")
-        out.append(("MET" if ok else "MISSED", f"{text}: {x:.2f}x"
-                    + (" (wrong results)" if wrong("create_small") else "")))
+        out.append(table.target(x >= 1.5, f"{text}: {x:.2f}x", wrong("create_small")))
     return out
 
 
 def text_report(bench, meta):
-    res = bench.results
-    lines = [f"layerfs write benchmark, {meta['date']}, kernel {meta['kernel']}, "
-             f"{meta['cpus']} CPUs, {'quick' if meta['quick'] else 'full'} run, "
-             f"median of {meta['reps']}, {meta['seconds']:.0f} s",
-             f"layerfs column: {meta['layerfs_program']}"
-             + (f"  [{meta['layerfs_build']}]" if meta["layerfs_build"] else "")
+    lines = [table.run_line("layerfs write benchmark", meta, f"median of {meta['reps']}"),
+             f"layerfs column: {meta['layerfs_program']}" + table.build_tag(meta)
              + (", run from a copy taken at the start"
                 if meta["layerfs_copy"] != shutil.which(meta["layerfs_program"]) else ""),
-             "load average (1 min) at start and end: "
-             + " and ".join(f"{x:.2f}" for x in meta["loadavg_start_end"])
-             + " (busy machines give noisy figures)",
+             table.load_line(meta) + " (busy machines give noisy figures)",
              f"lower layers: 2 (every directory in both, small files alternating), "
              f"a copy per system under {meta['lower_dir']}",
              "every figure: a fresh mount on an empty upper+work, time of the operation "
@@ -773,26 +753,17 @@ def text_report(bench, meta):
              "vs kernel / vs fuse-ovl = the peer's time / layerfs's time: above 1.00x "
              "layerfs is faster.  '!' = wrong results (see notes).",
              ""]
-    head = (f"{'workload (ms)':44s} {'state':5s} {'layerfs':>9s} {'kernel':>9s} "
-            f"{'fuse-ovl':>9s} {'vs kernel':>9s} {'vs fuse-ovl':>11s}")
-    lines += [head, "-" * len(head)]
+    cols = table.Table([44, 5, 9, 9, 9, 9, 11], left=2)
+    lines += table.underlined(cols.line(["workload (ms)", "state", "layerfs", "kernel",
+                                         "fuse-ovl", *(head for _, head in PEERS)]))
     for wl in bench.workloads:
-        cells = []
-        for s in systems.ALL:
-            r = res.get((wl.key, s))
-            if s not in meta["systems"]:
-                cells.append("-")
-            else:
-                cells.append("n/a" if r is None else fmt(r.value) + ("!" if r.bad else ""))
-        rs = [ratio(res, wl.key, p) for p, _ in PEERS]
-        lines.append(f"{wl.title:44s} {wl.state:5s} {cells[0]:>9s} {cells[1]:>9s} "
-                     f"{cells[2]:>9s} "
-                     f"{'' if rs[0] is None else f'{rs[0]:.2f}x':>9s} "
-                     f"{'' if rs[1] is None else f'{rs[1]:.2f}x':>11s}")
+        figures = [table.figure(bench.results.get((wl.key, s)), s in meta["systems"])
+                   for s in systems.ALL]
+        ratios = [table.times(ratio(bench.results, wl.key, p)) for p, _ in PEERS]
+        lines.append(cols.line([wl.title, wl.state, *figures, *ratios]))
     lines += ["", "Targets:"]
-    lines += [f"  {st:6s} {t}" for st, t in checks(bench)]
-    if bench.notes:
-        lines += ["", "Notes:"] + ["  " + n for n in bench.notes]
+    lines += [table.target_line(st, t) for st, t in checks(bench)]
+    lines += table.notes_section(bench.notes)
     return "\n".join(lines)
 
 
