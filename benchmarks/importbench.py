@@ -40,18 +40,26 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
 import time
 
+sys.dont_write_bytecode = True
+HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402
+from common import INODE_REUSE_WAIT  # noqa: E402
+import table  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERCTL = os.environ.get("LAYERCTL") or os.path.join(REPO, "bin", "layerctl")
-INODE_REUSE_WAIT = 61    # seconds, see empty_trash
 
 
 def log(msg):
+    """A progress line on stderr after the script's name (common.log's
+    lines carry the time of day instead)."""
     print("importbench: " + msg, file=sys.stderr, flush=True)
 
 
@@ -193,18 +201,8 @@ class Bench:
             if n >= 1000:
                 with open(self.trash_stamp, "w") as f:
                     f.write("%f\n" % time.time())
-        if not wait:
-            return
-        try:
-            with open(self.trash_stamp) as f:
-                age = time.time() - float(f.read())
-        except (OSError, ValueError):
-            return
-        if 0 <= age < INODE_REUSE_WAIT:
-            log("waiting %.0f s: inodes freed less than a minute ago slow "
-                "file creation on ext4 without a journal" %
-                (INODE_REUSE_WAIT - age))
-            time.sleep(INODE_REUSE_WAIT - age)
+        if wait:
+            common.wait_out_inode_reuse(self.trash_stamp, log)
 
     def dest(self, name):
         d = os.path.join(self.run_root, name)
@@ -422,17 +420,43 @@ def check_layerctl_commit(store, tag, changes):
 
 # ---------------------------------------------------------------- report
 
-def report(title, runs, nbytes, ref, others):
+# A tool's line: its median time, throughput and best time.
+ROW = "  %-26s %6.2f s  %7.1f MB/s   (best %.2f s)"
+
+
+def report(title, runs, nbytes, *comparisons):
+    """TITLE, a ROW per tool that ran (NBYTES moved per run), then for
+    each (REF, OTHERS) in COMPARISONS how many times as fast REF is as
+    each of OTHERS, where both ran."""
+    med = {k: common.Result(v) for k, v in runs.items() if v}
     lines = [title]
-    med = {k: statistics.median(v) for k, v in runs.items() if v}
-    for k, v in med.items():
-        lines.append("  %-26s %6.2f s  %7.1f MB/s   (best %.2f s)" % (
-            k, v, nbytes / v / 1e6, min(runs[k])))
-    for other in others:
-        if ref in med and other in med:
-            lines.append("  %s is %.2fx as fast as %s" % (
-                ref, med[other] / med[ref], other))
-    return "\n".join(lines), med
+    for k, r in med.items():
+        lines.append(ROW % (k, r.value, nbytes / r.value / 1e6,
+                            min(r.samples)))
+    for ref, others in comparisons:
+        for o in others:
+            if ref in med and o in med:
+                x = table.ratio(med[o], med[ref])
+                lines.append(f"  {ref} is {table.times(x)} as fast as {o}")
+    return "\n".join(lines)
+
+
+def import_report(a, runs):
+    return report("import of a %d MiB, %d-file, 4-layer gzip OCI image "
+                  "(median of %d):" % (a.mb, a.files, a.reps),
+                  runs, a.mb << 20,
+                  ("layerctl import (OCI dir)",
+                   ["umoci unpack (OCI dir)", "baseline import (OCI dir)"]),
+                  ("layerctl import (OCI tar)", ["podman load (OCI tar)"]))
+
+
+def commit_report(a, runs, nbytes):
+    return report("commit of a change: %d new files (%d MiB), 100 appended, "
+                  "100 chmod'ed, 100 and a directory deleted; %.1f MiB of "
+                  "file data in the new layer (median of %d):" % (
+                      a.change_files, a.change_mb, nbytes / 2**20, a.reps),
+                  runs, nbytes,
+                  ("layerctl commit", ["umoci repack", "baseline commit"]))
 
 
 def main():
@@ -478,27 +502,12 @@ def main():
         if a.only != "commit":
             log("import, %d repetitions" % a.reps)
             runs = bench_import(b, image, image_tar, have_umoci, have_podman)
-            text, med = report(
-                "import of a %d MiB, %d-file, 4-layer gzip OCI image "
-                "(median of %d):" % (a.mb, a.files, a.reps), runs,
-                a.mb << 20, "layerctl import (OCI dir)",
-                ["umoci unpack (OCI dir)", "baseline import (OCI dir)"])
-            t2, _ = report("", runs, 1, "layerctl import (OCI tar)",
-                           ["podman load (OCI tar)"])
-            out.append(text + "".join("\n" + l for l in t2.splitlines()
-                                      if " as fast as " in l))
+            out.append(import_report(a, runs))
             js["import"] = {"bytes": a.mb << 20, "samples": runs}
         if a.only != "import":
             log("commit, %d repetitions" % a.reps)
             runs, nbytes = bench_commit(b, image, have_umoci)
-            text, _ = report(
-                "commit of a change: %d new files (%d MiB), 100 appended, "
-                "100 chmod'ed, 100 and a directory deleted; %.1f MiB of "
-                "file data in the new layer (median of %d):" % (
-                    a.change_files, a.change_mb, nbytes / 2**20, a.reps),
-                runs, nbytes, "layerctl commit",
-                ["umoci repack", "baseline commit"])
-            out.append(text)
+            out.append(commit_report(a, runs, nbytes))
             js["commit"] = {"bytes": nbytes, "samples": runs}
     finally:
         unmount_under(b.run_root)
@@ -517,9 +526,7 @@ def main():
                    ", ".join(versions), time.time() - t0, b.waited))
     print("\n".join(out))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(js, f, indent=1)
-            f.write("\n")
+        common.write_json(a.json, js)
 
 
 if __name__ == "__main__":

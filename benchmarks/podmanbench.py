@@ -22,7 +22,6 @@ native.  See benchmarks/README.md.  Must run as root.
 
 import argparse
 import datetime
-import fcntl
 import hashlib
 import io
 import json
@@ -31,7 +30,6 @@ import platform
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -41,9 +39,12 @@ import time
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.realpath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import common  # noqa: E402
+from common import Result, log, layerfs_program  # noqa: E402
+# systems.py's helpers only: here "systems" are podman's storage drivers.
+from systems import drop_caches, mount_points  # noqa: E402
 import table  # noqa: E402
 
 GEN_VERSION = 1              # bump when the generated image changes
@@ -68,7 +69,6 @@ INDEX_CACHE = "/var/cache/layerfs/index"   # layerfs's default for root
 STORAGE = "/var/tmp/lfs-pb"  # podman's storage: ROOT/<system>/{root,runroot,*.conf}
 MARKER = ".podmanbench"      # in each system's storage: ours to delete
 DELETED_STAMP = ".deleted"   # in STORAGE: when a run last deleted storage
-INODE_REUSE_WAIT = 61        # seconds, see Bench.wait_for_inodes
 # With podman 4.3.1 and conmon 2.1.6 here, every `podman run` (any driver)
 # takes 20 s longer once the directory holding graphroot and runroot is 43
 # characters or longer: conmon exits, podman never learns the container's
@@ -105,10 +105,6 @@ BUILD_CHECK = ("cat /etc/app.conf; tail -n 1 /etc/os-release; ls /opt/app/data |
                "test ! -e /usr/share/zoneinfo/America && echo no-america; "
                "test -e /usr/share/zoneinfo/Asia/Tokyo || echo no-tokyo; "
                "tail -c 5 /usr/share/zoneinfo/Europe/Paris; tar -tf /opt/app/i18n.tar | wc -l")
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- the image
@@ -480,7 +476,7 @@ class Podman:
     def mounts(self):
         """Mount points under this system's directory."""
         prefix = os.path.realpath(self.dir) + "/"
-        return [mp for mp, _ in mount_table() if mp.startswith(prefix)]
+        return [mp for mp in mount_points() if mp.startswith(prefix)]
 
     def cleanup(self):
         """Removes every container and image, unmounts what is left, deletes
@@ -501,23 +497,6 @@ class Podman:
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
         return problems
-
-
-def mount_table():
-    """[(mount point, fstype)] from /proc/self/mountinfo."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            mp = left.split()[4].encode().decode("unicode_escape")
-            out.append((mp, right.split()[0]))
-    return out
-
-
-def drop_caches():
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
 def read_tree(path):
@@ -659,13 +638,6 @@ SESSIONS = [
 ]
 
 
-class Result:
-    def __init__(self, samples, bad):
-        self.samples = samples
-        self.value = statistics.median(samples)
-        self.bad = bad
-
-
 class Bench:
     def __init__(self, args, image_dir, info):
         self.args = args
@@ -701,10 +673,7 @@ class Bench:
             path = os.path.join(self.args.dir, "bin", "kernel-mp")
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path + ".tmp", "w") as f:
-                    f.write(KERNEL_MP)
-                os.chmod(path + ".tmp", 0o755)
-                os.rename(path + ".tmp", path)
+                common.write_executable(path, KERNEL_MP.encode())
             return path
         return {"native": None, "layerfs": self.args.layerfs,
                 "fuse-overlayfs": shutil.which("fuse-overlayfs")}[system]
@@ -885,10 +854,10 @@ class Bench:
                 for problem in p.cleanup():
                     self.note(f"earlier run's {s} storage: {problem}")
             prefix = os.path.realpath(os.path.join(root, s)) + "/"
-            for mp in sorted((mp for mp, _ in mount_table() if mp.startswith(prefix)),
+            for mp in sorted((mp for mp in mount_points() if mp.startswith(prefix)),
                              reverse=True):
                 subprocess.run(["umount", "-l", mp], capture_output=True)
-            if not [mp for mp, _ in mount_table() if mp.startswith(prefix)]:
+            if not [mp for mp in mount_points() if mp.startswith(prefix)]:
                 shutil.rmtree(os.path.join(root, s), ignore_errors=True)
             deleted = True
         if deleted:
@@ -904,15 +873,7 @@ class Bench:
         more (see "Write path" above): the loads and the builds would pay
         for the last run's cleanup.
         """
-        try:
-            with open(os.path.join(self.args.storage, DELETED_STAMP)) as f:
-                age = time.time() - float(f.read())
-        except (OSError, ValueError):
-            return
-        if 0 <= age < INODE_REUSE_WAIT:
-            log(f"waiting {INODE_REUSE_WAIT - age:.0f} s: inodes freed less than a minute ago "
-                "slow file creation on ext4 without a journal")
-            time.sleep(INODE_REUSE_WAIT - age)
+        common.wait_out_inode_reuse(os.path.join(self.args.storage, DELETED_STAMP))
 
 
 # ---------------------------------------------------------------- report
@@ -1018,44 +979,6 @@ def json_report(bench, meta):
 
 # ---------------------------------------------------------------- main
 
-def layerfs_program():
-    return os.environ.get("LAYERFS") or os.path.join(REPO, "bin", "layerfs")
-
-
-def snapshot(prog, root):
-    """A copy of the layerfs program under ROOT/bin, so that a rebuild during
-    the run cannot mix two builds.  (A wrapper script is used as it is.)"""
-    path = shutil.which(prog)
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(b"\x7fELF"):
-        return path
-    bindir = os.path.join(root, "bin")
-    copy = os.path.join(bindir, "layerfs-" + hashlib.sha256(data).hexdigest()[:12])
-    os.makedirs(bindir, exist_ok=True)
-    for old in os.listdir(bindir):      # earlier builds' copies
-        if old.startswith("layerfs-") and old != os.path.basename(copy):
-            os.unlink(os.path.join(bindir, old))
-    if not os.path.exists(copy):
-        with open(copy + ".tmp", "wb") as f:
-            f.write(data)
-        os.chmod(copy + ".tmp", 0o755)
-        os.rename(copy + ".tmp", copy)
-    return copy
-
-
-def fingerprint(prog):
-    path = shutil.which(prog)
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:12]
-    mtime = datetime.datetime.fromtimestamp(os.stat(path).st_mtime)
-    return f"sha256 {digest}, built {mtime.isoformat(timespec='seconds')}"
-
-
 def versions():
     out = []
     for cmd, rx in ((["podman", "--version"], r"version (\S+)"),
@@ -1100,10 +1023,7 @@ def parse_args():
                     help="delete layerfs's index cache files of the image's layers "
                          f"({INDEX_CACHE}) before every cold run: a never-seen image")
     args = ap.parse_args()
-    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    for s in args.systems:
-        if s not in ALL_SYSTEMS:
-            ap.error(f"unknown system {s!r}; choose from {', '.join(ALL_SYSTEMS)}")
+    args.systems = common.comma_names(ap, args.systems, ALL_SYSTEMS, "system")
     args.sessions = [s.strip() for s in args.sessions.split(",") if s.strip()]
     for s in args.sessions:
         if s not in ("run_cold", "run_warm", "build"):
@@ -1132,22 +1052,13 @@ def main():
     if not os.path.isfile(BUSYBOX):
         sys.exit(f"podmanbench: {BUSYBOX} not found (busybox-static)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    os.makedirs(args.dir, exist_ok=True)
-    lock = open(os.path.join(args.dir, ".lock"), "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        sys.exit(f"podmanbench: another run is using {args.dir}")
-    os.makedirs(args.storage, exist_ok=True)
-    storage_lock = open(os.path.join(args.storage, ".lock"), "w")
-    try:
-        fcntl.flock(storage_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        sys.exit(f"podmanbench: another run is using {args.storage}")
+    # One run at a time per image cache and per podman storage.
+    locks = [common.lock_dir(d, "podmanbench") for d in (args.dir, args.storage)]  # noqa: F841
     t0 = time.time()
     load0 = os.getloadavg()[0]
-    build = fingerprint(layerfs_program())
-    args.layerfs = snapshot(layerfs_program(), args.dir) if "layerfs" in args.systems else None
+    build = common.fingerprint(layerfs_program())
+    args.layerfs = (common.snapshot(layerfs_program(), args.dir)
+                    if "layerfs" in args.systems else None)
     tag = f"localhost/podmanbench:{'quick' if args.quick else 'full'}"
     image_dir, info = ensure_image(args.dir, args.quick, tag)
     bench = Bench(args, image_dir, info)
@@ -1175,9 +1086,7 @@ def main():
     }
     print(text_report(bench, meta))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(json_report(bench, meta), f, indent=1)
-            f.write("\n")
+        common.write_json(args.json, json_report(bench, meta))
         log(f"wrote {args.json}")
 
 

@@ -108,6 +108,20 @@ class System:
                 "lowerdir=" + ":".join(stack.layer_dirs_top_first()) + rw, mnt], None
 
 
+def available(names, layerfs, note):
+    """The Systems NAMES (from ALL) that can run here, layerfs as the
+    program LAYERFS; NOTE(text) is told why any other is skipped."""
+    out = []
+    for name in names:
+        # fuse-overlayfs's program is its name; kernel overlayfs has none
+        s = System(name, {"layerfs": layerfs, "kernel": None}.get(name, name))
+        if s.unavailable:
+            note(f"{name} skipped: {s.unavailable}")
+        else:
+            out.append(s)
+    return out
+
+
 class Mount:
     """A mounted stack; use as a context manager so it is always unmounted.
     UPPER and WORK (optional) make it writable; they must exist."""

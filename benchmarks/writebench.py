@@ -17,7 +17,6 @@ as root (mounts, drop_caches, whiteout devices).
 
 import argparse
 import datetime
-import fcntl
 import hashlib
 import json
 import os
@@ -25,7 +24,6 @@ import platform
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -33,9 +31,10 @@ import time
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.realpath(__file__))
-REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import common  # noqa: E402
+from common import Result, log, layerfs_program  # noqa: E402
 import systems  # noqa: E402
 import table  # noqa: E402
 
@@ -47,7 +46,6 @@ NEW_SIZE = 1024             # each file the create workload writes
 OWNER = 1000                # chown -R target uid and gid
 STEP_TIMEOUT = 600          # seconds one measurement may take before it is aborted
 NO_COPY_SLACK_MS = 10.0     # "no data copy": big <= 2 x small + this
-INODE_REUSE_WAIT = 61       # seconds, see Bench.empty_trash
 
 
 class Shape:
@@ -463,56 +461,6 @@ class Watchdog:
         self.timer.cancel()
 
 
-class Result:
-    def __init__(self, samples, bad):
-        self.samples = samples
-        self.value = statistics.median(samples)
-        self.bad = bad
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def layerfs_program():
-    return os.environ.get("LAYERFS") or os.path.join(REPO, "bin", "layerfs")
-
-
-def snapshot(prog, root):
-    """A copy of the layerfs program, so that a rebuild during the run
-    cannot mix two builds; PROG itself when it is not an ELF file (a
-    wrapper script, say)."""
-    path = shutil.which(prog)
-    if not path:
-        return prog
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(b"\x7fELF"):
-        return path
-    copy = os.path.join(root, "bin", "layerfs-" + hashlib.sha256(data).hexdigest()[:12])
-    bindir = os.path.dirname(copy)
-    os.makedirs(bindir, exist_ok=True)
-    for old in os.listdir(bindir):      # earlier builds' copies
-        if old != os.path.basename(copy):
-            os.unlink(os.path.join(bindir, old))
-    if not os.path.exists(copy):
-        with open(copy + ".tmp", "wb") as f:
-            f.write(data)
-        os.chmod(copy + ".tmp", 0o755)
-        os.rename(copy + ".tmp", copy)
-    return copy
-
-
-def fingerprint(prog):
-    path = shutil.which(prog)
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:12]
-    mtime = datetime.datetime.fromtimestamp(os.stat(path).st_mtime)
-    return f"sha256 {digest}, built {mtime.isoformat(timespec='seconds')}"
-
-
 class Bench:
     def __init__(self, args, shape):
         self.args = args
@@ -532,21 +480,6 @@ class Bench:
         if msg not in self.notes:
             self.notes.append(msg)
             log("NOTE: " + msg)
-
-    def system_objects(self):
-        out = []
-        for name in self.args.systems:
-            if name == "layerfs":
-                s = systems.System("layerfs", self.args.layerfs)
-            elif name == "fuse-overlayfs":
-                s = systems.System("fuse-overlayfs", "fuse-overlayfs")
-            else:
-                s = systems.System("kernel")
-            if s.unavailable:
-                self.note(f"{name} skipped: {s.unavailable}")
-            else:
-                out.append(s)
-        return out
 
     def paths(self, s):
         base = os.path.join(self.run_root, s.name)
@@ -594,17 +527,8 @@ class Bench:
             if n >= 1000:
                 with open(self.trash_stamp, "w") as f:
                     f.write(f"{time.time()}\n")
-        if not wait:
-            return
-        try:
-            with open(self.trash_stamp) as f:
-                age = time.time() - float(f.read())
-        except (OSError, ValueError):
-            return
-        if 0 <= age < INODE_REUSE_WAIT:
-            log(f"waiting {INODE_REUSE_WAIT - age:.0f} s: inodes freed less than a minute "
-                "ago slow file creation on ext4 without a journal")
-            time.sleep(INODE_REUSE_WAIT - age)
+        if wait:
+            common.wait_out_inode_reuse(self.trash_stamp)
 
     def one(self, s, wl):
         """One measurement: (ms, problems seen), ms None when the system failed."""
@@ -645,7 +569,7 @@ class Bench:
         return ms, problems
 
     def run(self):
-        sysobjs = self.system_objects()
+        sysobjs = systems.available(self.args.systems, self.args.layerfs, self.note)
         for s in sysobjs:
             self.layers[s.name], _ = ensure_layers(self.args.dir, self.shape, s.name, log)
         systems.unmount_leftovers(self.run_root)
@@ -807,17 +731,11 @@ def parse_args():
                     help="seconds one measurement may take before its FUSE connection is "
                          "aborted (default %(default)s)")
     args = ap.parse_args()
-    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    for s in args.systems:
-        if s not in systems.ALL:
-            ap.error(f"unknown system {s!r}; choose from {', '.join(systems.ALL)}")
+    args.systems = common.comma_names(ap, args.systems, systems.ALL, "system")
     if args.reps < 1:
         ap.error("--reps must be at least 1")
     if args.workloads:
-        args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-        for w in args.workloads:
-            if w not in WORKLOAD_KEYS:
-                ap.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOAD_KEYS)}")
+        args.workloads = common.comma_names(ap, args.workloads, WORKLOAD_KEYS, "workload")
     args.dir = os.path.abspath(args.dir)
     return args
 
@@ -829,17 +747,15 @@ def main():
     # SIGTERM unwinds like ^C, through the finally that unmounts.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     shape = Shape(args.quick)
-    os.makedirs(args.dir, exist_ok=True)
-    lock = open(os.path.join(args.dir, ".lock"), "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        sys.exit(f"writebench: another run is using {args.dir}")
+    lock = common.lock_dir(args.dir, "writebench")  # noqa: F841 (held until exit)
     systems.become_subreaper()
     t0 = time.time()
     load0 = os.getloadavg()[0]
-    build = fingerprint(layerfs_program())
-    args.layerfs = snapshot(layerfs_program(), args.dir)
+    program = layerfs_program()
+    build = common.fingerprint(program)
+    # DIR/bin holds nothing but the copies; a program not found stays its
+    # name, which the note skipping layerfs then shows.
+    args.layerfs = common.snapshot(program, args.dir, stale_prefix="") or program
     bench = Bench(args, shape)
     try:
         bench.run()
@@ -858,7 +774,7 @@ def main():
         "quick": args.quick,
         "reps": args.reps,
         "systems": args.systems,
-        "layerfs_program": layerfs_program(),
+        "layerfs_program": program,
         "layerfs_build": build,
         "layerfs_copy": args.layerfs,
         "loadavg_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
@@ -868,9 +784,7 @@ def main():
     }
     print(text_report(bench, meta))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(json_report(bench, meta), f, indent=1)
-            f.write("\n")
+        common.write_json(args.json, json_report(bench, meta))
         log(f"wrote {args.json}")
 
 
