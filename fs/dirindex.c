@@ -11,7 +11,7 @@
  *     non-directory or whiteout of that name (merge_limit), and its own
  *     index later stops at the first opaque layer.
  * Whiteouts stay in the hash (they answer negative lookups) but not in the
- * visible list that readdir walks.
+ * visible list that a read-only mount's readdir walks.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -246,20 +246,29 @@ out:
 	return r;
 }
 
-static int index_make_visible_list(struct lfs_dirindex *index)
+/* A read-only index never changes: its insertion order, whiteouts left
+ * out, becomes the visible list in place.  A writable one keeps the whole
+ * order, which its listings walk (readdir.c). */
+static void index_make_visible_list(struct lfs_dirindex *index)
 {
-	struct lfs_entry *e, *tmp;
 	size_t n = 0;
 
-	index->visible = malloc((index->n_entries ? index->n_entries : 1) *
-				sizeof(*index->visible));
-	if (!index->visible)
-		return -ENOMEM;
-	HASH_ITER(hh, index->by_name, e, tmp)
-		if (!e->is_whiteout)
-			index->visible[n++] = e;
+	for (size_t i = 0; i < index->n_order; i++)
+		if (!index->order[i]->is_whiteout)
+			index->order[n++] = index->order[i];
+	if (n == 0) {
+		free(index->order);
+		index->visible = NULL;
+	} else {
+		/* Give back the growth slack: the list lives as long as the
+		 * index.  Keep the larger array if shrinking fails. */
+		struct lfs_entry **fitted = realloc(index->order,
+						    n * sizeof(*fitted));
+		index->visible = fitted ? fitted : index->order;
+	}
 	index->n_visible = n;
-	return 0;
+	index->order = NULL;
+	index->n_order = index->cap_order = 0;
 }
 
 int lfs_dirindex_build(struct lfs_fs *fs, const char *relpath,
@@ -292,19 +301,12 @@ int lfs_dirindex_build(struct lfs_fs *fs, const char *relpath,
 	/* Upper copies report their lower origin's st_ino (copyup.c). */
 	if (fs->writable && candidates->n > 0 && candidates->layers[0] == 0)
 		lfs_read_origins(fs, relpath, index);
-	r = index_make_visible_list(index);
-	if (r < 0)
-		goto fail;
-	if (!fs->writable) {
-		/* A read-only index never changes: visible is its order. */
-		free(index->order);
-		index->order = NULL;
-		index->n_order = index->cap_order = 0;
-	}
+	if (!fs->writable)
+		index_make_visible_list(index);
 	lfs_count(fs, LFS_C_INDEX_BUILT, 1);
 	lfs_count(fs, LFS_C_INDEX_ENTRIES, index->n_entries);
 	lfs_count(fs, LFS_C_INDEX_BYTES,
-		  index->bytes + (index->n_entries + index->cap_order) *
+		  index->bytes + (index->n_visible + index->cap_order) *
 					 sizeof(void *));
 	*ret = index;
 	return 0;
@@ -332,15 +334,6 @@ void lfs_dirindex_free(struct lfs_dirindex *index)
 /* ------------------------------------------------------------------ */
 /* Changes, on writable mounts (fs->ns_lock held for writing)          */
 
-/* The readdir order array describes the index as built; a writable
- * mount's listings walk the hash instead (readdir.c). */
-static void forget_visible(struct lfs_dirindex *index)
-{
-	free(index->visible);
-	index->visible = NULL;
-	index->n_visible = 0;
-}
-
 int lfs_dirindex_put_upper(struct lfs_dirindex *index, const char *name,
 			   unsigned char type, uint64_t real_ino,
 			   struct lfs_entry **ret)
@@ -348,7 +341,6 @@ int lfs_dirindex_put_upper(struct lfs_dirindex *index, const char *name,
 	struct lfs_entry *e = lfs_dirindex_find(index, name);
 	int r;
 
-	forget_visible(index);
 	if (!e) {
 		struct lfs_classified c = { .name = name, .type = type };
 		r = entry_add(index, &c, &e);

@@ -145,7 +145,7 @@ struct lfs_dirindex {
 	struct lfs_entry *by_name;    /* uthash head, in insertion order */
 	struct lfs_entry **visible;   /* owned array, readdir order; read-only
 					 mounts only (writable ones list
-					 the hash) */
+					 order, below) */
 	size_t n_visible;
 	/* Every entry, hidden ones too, in insertion order (writable
 	 * mounts): an entry's place never changes, as entries are only
